@@ -1,0 +1,246 @@
+"""The chat WebSocket: authenticate, parse, authorize, dispatch, relay.
+
+The consumer holds one connection's state (its rooms, its counter, its rate limit)
+and runs no query itself: storage lives in services and selectors, fan-out in the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import protocol as p
+from . import selectors, services
+from .auth import actor_for_scope
+from .hub import Hub, get_hub
+from .ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+db = database_sync_to_async
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    # Delivery goes through the process's hub, so a socket needs no channel of its
+    # own: no per-socket receive loop, no per-recipient channel-layer message.
+    channel_layer_alias = "chat.no-per-socket-channel"
+
+    async def connect(self) -> None:
+        self.connection_id = uuid.uuid4().hex
+        self.hub: Hub | None = None
+        self.count = 0  # messages this connection sent that produced a `message`
+        self.rooms: dict[str, Any] = {}  # room name -> Room, for the rooms joined
+        self.history_floor: dict[str, int] = {}  # group -> newest id its `joined` carried
+        self.joining: dict[str, list[tuple[int | None, str]]] = {}  # group -> frames held back
+        rate = settings.CHAT_RATE_LIMIT
+        self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
+        self.handlers = {
+            p.Echo: self.on_echo,
+            p.Broadcast: self.on_broadcast,
+            p.Join: self.on_join,
+            p.Leave: self.on_leave,
+            p.RoomMessage: self.on_room_message,
+            p.CloseRoom: self.on_close_room,
+            p.History: self.on_history,
+            p.Ping: self.on_ping,
+            p.Disconnect: self.on_disconnect,
+        }
+        self.actor = await actor_for_scope(self.scope, self.connection_id)
+        await self.accept()
+        if self.actor is None:
+            await self.close(code=p.CloseCode.LOGIN_REQUIRED)
+            return
+        self.hub = await get_hub()
+        self.hub.attach(self)
+        await self.send_event(
+            {"type": "message", "kind": "system", "data": "Connected", "count": 0, "user": self.actor.name}
+        )
+
+    async def disconnect(self, code: int) -> None:
+        """Leave every room, so the other members see this socket go, whatever happens here."""
+        if self.hub is None:
+            return
+        try:
+            await self.hub.detach(self)
+            if self.rooms or self.joining:
+                self.rooms.clear()
+                await db(services.connection_leave_all)(actor=self.actor, connection=self.connection_id)
+        except Exception:
+            log.exception(
+                "cleanup of connection %s failed; the heartbeat reaper will finish it", self.connection_id
+            )
+
+    # --- incoming frames ----------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.hub is None:
+            return  # refused at connect; the close is on its way
+        command: p.Command | None = None
+        try:
+            if not self.limiter.allow():
+                raise p.ProtocolError(
+                    p.ErrorCode.RATE_LIMITED,
+                    f"Too many messages: the limit is {settings.CHAT_RATE_LIMIT:g} a second. "
+                    "This one was not processed; slow down and send it again.",
+                    ref=_ref_of(text_data),
+                )
+            command = p.parse_client_message(text_data, bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
+            await self.handlers[type(command)](command)
+        except p.ProtocolError as error:
+            await self.send_event(error.as_event())
+        except Exception:
+            log.exception("request %r on connection %s failed", command, self.connection_id)
+            error = p.ProtocolError(
+                p.ErrorCode.UNAVAILABLE,
+                "The server could not complete this request, and nothing was stored. Try again.",
+                ref=command.ref if command else None,
+            )
+            await self.send_event(error.as_event())
+
+    # --- handlers, one per command type -------------------------------------
+
+    async def on_echo(self, command: p.Echo) -> None:
+        self.count += 1
+        await self.send_event(
+            p.with_ref(
+                {"type": "message", "kind": "echo", "data": command.data, "count": self.count}, command.ref
+            )
+        )
+
+    async def on_broadcast(self, command: p.Broadcast) -> None:
+        posted = await db(services.broadcast_post)(
+            actor=self.actor, body=command.data, count=self.count + 1, connection=self.connection_id
+        )
+        self.count += 1
+        await self.send(text_data=p.with_ref_text(posted.text, command.ref))
+
+    async def on_join(self, command: p.Join) -> None:
+        if command.room in self.rooms:
+            history, _more = await db(selectors.room_history)(name=command.room)
+            await self.send_joined(command, history)
+            return
+        room = await db(services.room_open)(name=command.room, actor=self.actor)
+        group = room.group_name
+        # Subscribe before reading history, and hold live frames back until `joined`
+        # is sent: nothing posted meanwhile is missed, and nothing arrives twice.
+        self.joining[group] = []
+        await self.hub.subscribe(self, group)
+        try:
+            joined = await db(services.room_join)(
+                room=room, actor=self.actor, connection=self.connection_id, worker=self.hub.worker_id
+            )
+        except BaseException:
+            del self.joining[group]
+            await self.hub.unsubscribe(self, group)
+            raise
+        self.rooms[room.name] = room
+        self.history_floor[group] = joined.last_id
+        await self.send_joined(command, joined.history)
+        for message_id, text in self.joining.pop(group):
+            await self.relay(group, message_id, text)
+
+    async def send_joined(self, command: p.Join, history: list[dict[str, Any]]) -> None:
+        await self.send_event(
+            p.with_ref(
+                {"type": "joined", "room": command.room, "rooms": sorted(self.rooms), "history": history},
+                command.ref,
+            )
+        )
+
+    async def on_leave(self, command: p.Leave) -> None:
+        room = self.member_room(command.room)
+        del self.rooms[room.name]
+        await self.hub.unsubscribe(self, room.group_name)
+        try:
+            await db(services.room_leave)(room=room, actor=self.actor, connection=self.connection_id)
+        except BaseException:
+            self.rooms[room.name] = room
+            await self.hub.subscribe(self, room.group_name)
+            raise
+        await self.send_event(
+            p.with_ref({"type": "left", "room": room.name, "rooms": sorted(self.rooms)}, command.ref)
+        )
+
+    async def on_room_message(self, command: p.RoomMessage) -> None:
+        room = self.member_room(command.room)
+        posted = await db(services.room_message_post)(
+            room=room,
+            actor=self.actor,
+            body=command.data,
+            count=self.count + 1,
+            connection=self.connection_id,
+        )
+        self.count += 1
+        await self.send(text_data=p.with_ref_text(posted.text, command.ref))
+
+    async def on_close_room(self, command: p.CloseRoom) -> None:
+        text = await db(services.room_close)(
+            name=command.room, actor=self.actor, connection=self.connection_id
+        )
+        room = self.rooms.get(command.room)
+        if room is not None:
+            self.forget_room(room.group_name)
+            await self.hub.unsubscribe(self, room.group_name)
+        await self.send(text_data=p.with_ref_text(text, command.ref))
+
+    async def on_history(self, command: p.History) -> None:
+        messages, more = await db(selectors.room_history)(
+            name=command.room, before=command.before, since=command.since, limit=command.limit
+        )
+        await self.send_event(
+            p.with_ref(
+                {"type": "history", "room": command.room, "messages": messages, "more": more}, command.ref
+            )
+        )
+
+    async def on_ping(self, command: p.Ping) -> None:
+        await self.send_event(p.with_ref({"type": "pong", "id": command.id}, command.ref))
+
+    async def on_disconnect(self, command: p.Disconnect) -> None:
+        await self.send_event(
+            p.with_ref(
+                {"type": "message", "kind": "system", "data": "Disconnected", "count": self.count},
+                command.ref,
+            )
+        )
+        await self.close(code=p.CloseCode.NORMAL)
+
+    def member_room(self, name: str) -> Any:
+        room = self.rooms.get(name)
+        if room is None:
+            raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, f"You are not in room {name!r}; join it first.")
+        return room
+
+    # --- called by the hub ----------------------------------------------------
+
+    async def relay(self, group: str, message_id: int | None, text: str) -> None:
+        """Send a frame the hub fanned out, unless `joined` already carried it."""
+        held = self.joining.get(group)
+        if held is not None:
+            held.append((message_id, text))
+            return
+        if message_id is not None and message_id <= self.history_floor.get(group, 0):
+            return
+        await self.send(text_data=text)
+
+    def forget_room(self, group: str) -> None:
+        """The room was closed: it is no longer one of this socket's rooms."""
+        for name, room in list(self.rooms.items()):
+            if room.group_name == group:
+                del self.rooms[name]
+        self.history_floor.pop(group, None)
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=p.encode(event))
+
+
+def _ref_of(text: str | None) -> p.Ref:
+    try:
+        return p.read_ref(p.decode_frame(text, None))
+    except p.ProtocolError:
+        return None

@@ -1,0 +1,80 @@
+"""The chat page and the health check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+
+from . import protocol
+from .auth import guest_name_for_session
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 2.0  # seconds; a load balancer's probe usually allows a few
+
+
+@never_cache
+def index(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        display_name, is_guest = request.user.get_username(), False
+    elif not settings.CHAT_ALLOW_GUESTS:
+        return redirect_to_login(request.get_full_path())
+    else:
+        # Saved with the response, so the socket finds the same name on every reconnect.
+        display_name, is_guest = guest_name_for_session(request.session), True
+    return render(
+        request,
+        "chat/index.html",
+        {
+            "display_name": display_name,
+            "is_guest": is_guest,
+            "chat_config": {
+                "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
+                "maxRoomChars": protocol.ROOM_NAME_MAX_CHARS,
+            },
+        },
+    )
+
+
+def _database_ok() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        return cursor.fetchone() == (1,)
+
+
+async def _channel_layer_ok() -> bool:
+    """Send a message to a fresh channel and read it back."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel(prefix="chat.health.")
+    await layer.send(channel, {"type": "health.probe"})
+    return (await layer.receive(channel)).get("type") == "health.probe"
+
+
+async def _probe(check) -> str:
+    try:
+        ok = await asyncio.wait_for(check(), timeout=HEALTH_TIMEOUT)
+    except Exception as error:  # a health check reports failures, it does not raise them
+        log.warning("health check %s failed: %r", getattr(check, "__name__", check), error)
+        return "unavailable"
+    return "ok" if ok else "unavailable"
+
+
+@never_cache
+async def healthz(request: HttpRequest) -> JsonResponse:
+    checks = {
+        "database": await _probe(sync_to_async(_database_ok)),
+        "channel_layer": await _probe(_channel_layer_ok),
+    }
+    healthy = all(state == "ok" for state in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "unavailable", **checks}, status=200 if healthy else 503
+    )

@@ -1,0 +1,41 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+
+from chatproject.asgi import application
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a laptop that lacks a service; in CI a missing service is a failure."""
+    if IN_CI or os.environ.get("CHAT_TESTS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (CI requires every service; see .ci/run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+async def fresh_channel_layer():
+    """Each test starts with an empty in-memory layer and closes its database threads."""
+    layer = channel_layers["default"]
+    if hasattr(layer, "flush"):
+        await layer.flush()
+    yield
+    await sync_to_async(connections.close_all)()
+
+
+async def connect(path: str = "/ws/chat/", *, headers=None) -> tuple[WebsocketCommunicator, dict]:
+    """Open a socket through the real routing and return it with its `Connected` message."""
+    communicator = WebsocketCommunicator(application, path, headers=headers or [])
+    connected, _ = await communicator.connect()
+    assert connected
+    hello = await communicator.receive_json_from()
+    return communicator, hello
