@@ -75,3 +75,6 @@ class Membership(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["room", "connection"], name="chat_membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.room_id}"
