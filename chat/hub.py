@@ -51,7 +51,7 @@ class Hub:
 
     async def start(self) -> None:
         await database_sync_to_async(services.worker_heartbeat)(worker=self.worker_id)
-        self.channel = await self.layer.new_channel(prefix="chat.worker.")
+        self.channel = await self.layer.new_channel(prefix="chat.worker")
         await self._sync_group(services.BROADCAST_GROUP)
         self._tasks.append(asyncio.create_task(self._receive_forever(), name="chat-hub-receive"))
         self._tasks.append(asyncio.create_task(self._heartbeat_forever(), name="chat-hub-heartbeat"))

@@ -224,6 +224,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
-        "chat": {"handlers": ["console"], "level": os.environ.get("CHAT_LOG_LEVEL", "INFO")},
+        "chat": {
+            "handlers": ["console"],
+            "level": os.environ.get("CHAT_LOG_LEVEL", "INFO"),
+            "propagate": False,  # daphne configures the root logger too: once is enough
+        },
     },
 }
