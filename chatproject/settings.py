@@ -202,7 +202,7 @@ STORAGES = {
 # Serve straight from the source folders too, so `make run` needs no collectstatic
 # (and WhiteNoise's warning about the missing STATIC_ROOT is noise until it runs).
 WHITENOISE_USE_FINDERS = True
-warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
+warnings.filterwarnings("ignore", message=f"No directory at: {STATIC_ROOT}")
 
 # --- Chat -------------------------------------------------------------------
 
