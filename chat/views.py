@@ -54,7 +54,7 @@ def _database_ok() -> bool:
 async def _channel_layer_ok() -> bool:
     """Send a message to a fresh channel and read it back."""
     layer = get_channel_layer()
-    channel = await layer.new_channel(prefix="chat.health.")
+    channel = await layer.new_channel(prefix="chat.health")
     await layer.send(channel, {"type": "health.probe"})
     return (await layer.receive(channel)).get("type") == "health.probe"
 

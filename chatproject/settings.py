@@ -71,7 +71,10 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
-    "daphne",  # must come first: it provides `runserver` for ASGI
+    # chat's `runserver` (daphne's, closing oversized frames with 1009) must win over
+    # daphne's, which must win over staticfiles': commands of earlier apps take precedence.
+    "chat",
+    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -80,7 +83,6 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
-    "chat",
 ]
 
 MIDDLEWARE = [
@@ -134,7 +136,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -214,8 +215,9 @@ CHAT_MAX_FRAME_BYTES = int(env_number("CHAT_MAX_FRAME_BYTES", 64 * 1024, minimum
 CHAT_RATE_LIMIT = env_number("CHAT_RATE_LIMIT", 20, integer=False)
 CHAT_SERVER_EVENTS_INTERVAL = env_number("CHAT_SERVER_EVENTS_INTERVAL", 10, integer=False)
 
-# daphne's `runserver` reads these; the daphne command line gets the same values
-# from the Makefile, so the frame limit closes with 1009 in every way of serving.
+# `manage.py runserver` reads these, and `manage.py serve` passes the same limit to
+# daphne; both close an oversized frame with 1009 (see chat/server.py). A bare
+# `daphne` command line drops such a connection instead (the client sees 1006).
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = CHAT_MAX_FRAME_BYTES
 DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = CHAT_MAX_FRAME_BYTES
 

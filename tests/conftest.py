@@ -23,6 +23,12 @@ def skip_or_fail(reason: str) -> None:
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Many tests make users; the production hasher is slow on purpose."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 async def fresh_channel_layer():
     """Each test starts with an empty in-memory layer and closes its database threads."""
     layer = channel_layers["default"]

@@ -1,8 +1,11 @@
 """Run the periodic server-event emitter as its own process."""
 
 import asyncio
+import contextlib
+import math
 import signal
 
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -27,12 +30,18 @@ class Command(BaseCommand):
         parser.add_argument("--message", default=DEFAULT_MESSAGE, help="the events' text")
 
     def handle(self, *args, interval, count, message, **options):
-        if interval <= 0:
-            raise CommandError("--interval must be more than 0 seconds.")
+        if not (math.isfinite(interval) and interval > 0):
+            raise CommandError("--interval must be a number of seconds more than 0.")
         if count is not None and count < 1:
             raise CommandError("--count must be at least 1.")
         if not message:
             raise CommandError("--message must not be empty.")
+        if isinstance(get_channel_layer(), InMemoryChannelLayer):
+            raise CommandError(
+                "The in-memory channel layer reaches no other process, so these events would reach "
+                "nobody. Set REDIS_URL to the Redis the server uses (without Redis, the server emits "
+                "by itself every CHAT_SERVER_EVENTS_INTERVAL seconds)."
+            )
         sent = asyncio.run(self._run(interval=interval, count=count, message=message))
         self.stdout.write(f"Sent {sent} server event(s).")
 
@@ -40,6 +49,9 @@ class Command(BaseCommand):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            # Only the main thread can take signals (and Windows cannot at all); from
+            # call_command in another thread, --count or the caller ends the loop.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
         self.stdout.write(f"Emitting a server event every {interval:g} s; Ctrl-C stops.")
         return await emit_server_events(interval=interval, count=count, message=message, stop=stop)
