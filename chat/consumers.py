@@ -10,7 +10,9 @@ import logging
 import uuid
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -19,6 +21,8 @@ from . import selectors, services
 from .auth import actor_for_scope
 from .hub import Hub, get_hub
 from .ratelimit import TokenBucket
+from .uvicorn_ws import FRAMES_EXTENSION
+from .wire import Outgoing, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +34,36 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # own: no per-socket receive loop, no per-recipient channel-layer message.
     channel_layer_alias = "chat.no-per-socket-channel"
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Handle one socket's events in order, in a plain loop.
+
+        Channels' own loop waits on a task per event (built to multiplex a per-socket
+        channel, which this consumer does not have) and its dispatch hops to a thread
+        before every event to close stale database connections; every query here goes
+        through database_sync_to_async, which does that itself.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                message = await receive()
+                handler = getattr(self, get_handler_name(message), None)
+                if handler is None:
+                    raise ValueError(f"No handler for message type {message['type']}")
+                await handler(message)
+        except StopConsumer:
+            pass
+
     async def connect(self) -> None:
         self.connection_id = uuid.uuid4().hex
         self.hub: Hub | None = None
         self.count = 0  # messages this connection sent that produced a `message`
         self.rooms: dict[str, Any] = {}  # room name -> Room, for the rooms joined
         self.history_floor: dict[str, int] = {}  # group -> newest id its `joined` carried
-        self.joining: dict[str, list[tuple[int | None, str]]] = {}  # group -> frames held back
+        self.joining: dict[str, list[tuple[int | None, Outgoing]]] = {}  # group -> frames held back
+        # The server's fast path for prepared frames (chat/uvicorn_ws.py), when it has one.
+        self.write_frame = self.scope.get("extensions", {}).get(FRAMES_EXTENSION, {}).get("write")
         rate = settings.CHAT_RATE_LIMIT
         self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
         self.handlers = {
@@ -69,7 +96,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.hub.detach(self)
             if self.rooms or self.joining:
                 self.rooms.clear()
-                await db(services.connection_leave_all)(actor=self.actor, connection=self.connection_id)
+                await services.connection_leave_all(actor=self.actor, connection=self.connection_id)
         except Exception:
             log.exception(
                 "cleanup of connection %s failed; the heartbeat reaper will finish it", self.connection_id
@@ -92,6 +119,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             command = p.parse_client_message(text_data, bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
             await self.handlers[type(command)](command)
         except p.ProtocolError as error:
+            if command is not None:
+                # Raised by a handler or a service, which never see the request's ref.
+                error.ref = command.ref
             await self.send_event(error.as_event())
         except Exception:
             log.exception("request %r on connection %s failed", command, self.connection_id)
@@ -113,25 +143,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def on_broadcast(self, command: p.Broadcast) -> None:
-        posted = await db(services.broadcast_post)(
+        posted = await services.broadcast_post(
             actor=self.actor, body=command.data, count=self.count + 1, connection=self.connection_id
         )
         self.count += 1
-        await self.send(text_data=p.with_ref_text(posted.text, command.ref))
+        await self.send_text(p.with_ref_text(posted.text, command.ref))
 
     async def on_join(self, command: p.Join) -> None:
         if command.room in self.rooms:
             history, _more = await db(selectors.room_history)(name=command.room)
             await self.send_joined(command, history)
             return
-        room = await db(services.room_open)(name=command.room, actor=self.actor)
+        room = await services.room_open(name=command.room, actor=self.actor)
         group = room.group_name
         # Subscribe before reading history, and hold live frames back until `joined`
         # is sent: nothing posted meanwhile is missed, and nothing arrives twice.
         self.joining[group] = []
         await self.hub.subscribe(self, group)
         try:
-            joined = await db(services.room_join)(
+            joined = await services.room_join(
                 room=room, actor=self.actor, connection=self.connection_id, worker=self.hub.worker_id
             )
         except BaseException:
@@ -141,8 +171,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.rooms[room.name] = room
         self.history_floor[group] = joined.last_id
         await self.send_joined(command, joined.history)
-        for message_id, text in self.joining.pop(group):
-            await self.relay(group, message_id, text)
+        for message_id, outgoing in self.joining.pop(group):
+            await self.relay(group, message_id, outgoing)
 
     async def send_joined(self, command: p.Join, history: list[dict[str, Any]]) -> None:
         await self.send_event(
@@ -157,7 +187,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         del self.rooms[room.name]
         await self.hub.unsubscribe(self, room.group_name)
         try:
-            await db(services.room_leave)(room=room, actor=self.actor, connection=self.connection_id)
+            await services.room_leave(room=room, actor=self.actor, connection=self.connection_id)
         except BaseException:
             self.rooms[room.name] = room
             await self.hub.subscribe(self, room.group_name)
@@ -168,7 +198,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def on_room_message(self, command: p.RoomMessage) -> None:
         room = self.member_room(command.room)
-        posted = await db(services.room_message_post)(
+        posted = await services.room_message_post(
             room=room,
             actor=self.actor,
             body=command.data,
@@ -176,17 +206,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             connection=self.connection_id,
         )
         self.count += 1
-        await self.send(text_data=p.with_ref_text(posted.text, command.ref))
+        await self.send_text(p.with_ref_text(posted.text, command.ref))
 
     async def on_close_room(self, command: p.CloseRoom) -> None:
-        text = await db(services.room_close)(
-            name=command.room, actor=self.actor, connection=self.connection_id
-        )
+        text = await services.room_close(name=command.room, actor=self.actor, connection=self.connection_id)
         room = self.rooms.get(command.room)
         if room is not None:
             self.forget_room(room.group_name)
             await self.hub.unsubscribe(self, room.group_name)
-        await self.send(text_data=p.with_ref_text(text, command.ref))
+        await self.send_text(p.with_ref_text(text, command.ref))
 
     async def on_history(self, command: p.History) -> None:
         messages, more = await db(selectors.room_history)(
@@ -218,15 +246,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- called by the hub ----------------------------------------------------
 
-    async def relay(self, group: str, message_id: int | None, text: str) -> None:
+    async def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> None:
         """Send a frame the hub fanned out, unless `joined` already carried it."""
         held = self.joining.get(group)
         if held is not None:
-            held.append((message_id, text))
+            held.append((message_id, outgoing))
             return
         if message_id is not None and message_id <= self.history_floor.get(group, 0):
             return
-        await self.send(text_data=text)
+        if self.write_frame is not None:
+            self.write_frame(outgoing.frame)
+        else:
+            await self.send(text_data=outgoing.text)
 
     def forget_room(self, group: str) -> None:
         """The room was closed: it is no longer one of this socket's rooms."""
@@ -236,7 +267,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.history_floor.pop(group, None)
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=p.encode(event))
+        await self.send_text(p.encode(event))
+
+    async def send_text(self, text: str) -> None:
+        """Send one frame to this socket, by the server's fast path when it offers one."""
+        if self.write_frame is not None:
+            self.write_frame(text_frame(text.encode()))
+        else:
+            await self.send(text_data=text)
 
 
 def _ref_of(text: str | None) -> p.Ref:

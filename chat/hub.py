@@ -14,12 +14,12 @@ import uuid
 import weakref
 from typing import Any, Protocol
 
-from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from . import services
 from .emitter import emit_server_events
+from .wire import Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ GROUP_RENEW_SECONDS = 3600
 class Connection(Protocol):
     connection_id: str
 
-    async def relay(self, group: str, message_id: int | None, text: str) -> None: ...
+    async def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> None: ...
 
     def forget_room(self, group: str) -> None: ...
 
@@ -50,7 +50,7 @@ class Hub:
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        await database_sync_to_async(services.worker_heartbeat)(worker=self.worker_id)
+        await services.worker_heartbeat(worker=self.worker_id)
         self.channel = await self.layer.new_channel(prefix="chat.worker")
         await self._sync_group(services.BROADCAST_GROUP)
         self._tasks.append(asyncio.create_task(self._receive_forever(), name="chat-hub-receive"))
@@ -109,7 +109,7 @@ class Hub:
         members = self.groups.get(group)
         if not members:
             return
-        text, exclude, message_id = event["text"], event.get("exclude"), event.get("id")
+        outgoing, exclude, message_id = Outgoing(event["text"]), event.get("exclude"), event.get("id")
         closes = event.get("closes") is not None
         for connection in list(members):
             if closes:
@@ -118,7 +118,7 @@ class Hub:
             if connection.connection_id == exclude:
                 continue
             try:
-                await connection.relay(group, message_id, text)
+                await connection.relay(group, message_id, outgoing)
             except Exception:  # one broken socket must not cost the others their message
                 log.exception("relay to %s failed", connection.connection_id)
         if closes:
@@ -144,8 +144,8 @@ class Hub:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             beat += 1
             try:
-                await database_sync_to_async(services.worker_heartbeat)(worker=self.worker_id)
-                await database_sync_to_async(services.workers_reap)()
+                await services.worker_heartbeat(worker=self.worker_id)
+                await services.workers_reap()
                 if beat % beats_per_renewal == 0:
                     for group in list(self._subscribed):
                         await self.layer.group_add(group, self.channel)

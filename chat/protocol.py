@@ -11,7 +11,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 
 class ErrorCode(StrEnum):
@@ -149,6 +149,11 @@ def _json_depth_ok(text: str) -> bool:
     return True
 
 
+def _refuse_constant(name: str) -> NoReturn:
+    # Python's parser accepts NaN and Infinity, which are not JSON (RFC 8259).
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
     """Decode one frame into a JSON object, or raise `bad_json`."""
     if text is None:
@@ -157,7 +162,7 @@ def decode_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and not _json_depth_ok(text):
         raise ProtocolError(ErrorCode.BAD_JSON, f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.")
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "The frame is not valid JSON.") from None
     if not isinstance(message, dict):

@@ -1,19 +1,26 @@
 """Writes: store messages, create, join, leave and close rooms, publish server events.
 
-Each write is atomic and hands its event to `publish()` only once the transaction
-has committed, so nobody ever sees a message that is not stored. This is the only
-module that sends to the channel layer.
+Every write runs in one transaction in a database thread and returns the events it
+caused; `@writes` publishes them from the event loop once that transaction has
+committed, so nobody ever sees a message that is not stored, and the database thread
+never waits for the channel layer. This is the only module that sends to the channel
+layer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from dataclasses import dataclass
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec
 
-from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
 
@@ -55,9 +62,29 @@ async def publish(event: dict[str, Any]) -> None:
     await get_channel_layer().group_send(event["group"], event)
 
 
-def publish_on_commit(event: dict[str, Any]) -> None:
-    """Publish once the surrounding transaction commits (at once when there is none)."""
-    transaction.on_commit(lambda: async_to_sync(publish)(event))
+@dataclass(slots=True)
+class Outcome:
+    """What a write returns to its caller, and the events to publish once it commits."""
+
+    value: Any = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+P = ParamSpec("P")
+
+
+def writes(store: Callable[P, Outcome]) -> Callable[P, Awaitable[Any]]:
+    """Make an atomic, synchronous store function an async service that publishes after commit."""
+    atomic_store = database_sync_to_async(transaction.atomic(store))
+
+    @functools.wraps(store)
+    async def service(*args: P.args, **kwargs: P.kwargs) -> Any:
+        outcome = await atomic_store(*args, **kwargs)
+        for event in outcome.events:
+            await publish(event)
+        return outcome.value
+
+    return service
 
 
 # --- Messages ----------------------------------------------------------------
@@ -71,28 +98,103 @@ class Posted:
     text: str
 
 
-@transaction.atomic
-def broadcast_post(*, actor: Actor, body: str, count: int, connection: str) -> Posted:
-    message = Message.objects.create(room=None, sender=actor.name, sender_user_id=actor.user_id, body=body)
-    text = encode(selectors.message_as_event(message) | {"count": count})
-    publish_on_commit(
-        fanout_event(group=BROADCAST_GROUP, text=text, exclude=connection, message_id=message.pk)
-    )
-    return Posted(message.pk, text)
+@dataclass(frozen=True, slots=True)
+class _Post:
+    room: Room | None
+    actor: Actor
+    body: str
+    count: int
+    connection: str
 
 
-@transaction.atomic
-def room_message_post(*, room: Room, actor: Actor, body: str, count: int, connection: str) -> Posted:
-    message = Message.objects.create(room=room, sender=actor.name, sender_user_id=actor.user_id, body=body)
-    text = encode(selectors.message_as_event(message, room_name=room.name) | {"count": count})
-    publish_on_commit(
-        fanout_event(group=room.group_name, text=text, exclude=connection, message_id=message.pk)
-    )
-    return Posted(message.pk, text)
+# One transaction stores a whole batch: under load, messages that arrive while one
+# batch is being written go together in the next, and their fan-out leaves together
+# (one write per socket for the lot). The cap bounds one transaction's duration.
+BATCH_MAX = 256
+
+
+def _store_posts(posts: list[_Post]) -> Outcome:
+    messages = [
+        Message(room=post.room, sender=post.actor.name, sender_user_id=post.actor.user_id, body=post.body)
+        for post in posts
+    ]
+    if db_connection.features.can_return_rows_from_bulk_insert:
+        Message.objects.bulk_create(messages)
+    else:  # SQLite before 3.35 cannot say which ids an insert made
+        for message in messages:
+            message.save()
+    outcome = Outcome([], [])
+    for post, message in zip(posts, messages, strict=True):
+        room_name = post.room.name if post.room is not None else None
+        text = encode(selectors.message_as_event(message, room_name=room_name) | {"count": post.count})
+        group = post.room.group_name if post.room is not None else BROADCAST_GROUP
+        outcome.value.append(Posted(message.pk, text))
+        outcome.events.append(
+            fanout_event(group=group, text=text, exclude=post.connection, message_id=message.pk)
+        )
+    return outcome
+
+
+_store_posts_atomic = database_sync_to_async(transaction.atomic(_store_posts))
+
+
+class _PostBatcher:
+    """Stores the posts of one event loop in batches, then publishes them in order."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[_Post, asyncio.Future[Posted]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def post(self, post: _Post) -> Posted:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((post, future))
+        if self.task is None:
+            self.task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting[:BATCH_MAX], self.waiting[BATCH_MAX:]
+                try:
+                    outcome = await _store_posts_atomic([post for post, _ in batch])
+                except Exception as error:  # nothing of the batch was stored: each sender hears so
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for event in outcome.events:
+                    await publish(event)
+                for (_, future), posted in zip(batch, outcome.value, strict=True):
+                    if not future.done():
+                        future.set_result(posted)
+        finally:
+            self.task = None
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PostBatcher] = weakref.WeakKeyDictionary()
+
+
+def _batcher() -> _PostBatcher:
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = _PostBatcher()
+    return batcher
+
+
+async def broadcast_post(*, actor: Actor, body: str, count: int, connection: str) -> Posted:
+    """Store a broadcast and send it to every connected client."""
+    return await _batcher().post(_Post(room=None, actor=actor, body=body, count=count, connection=connection))
+
+
+async def room_message_post(*, room: Room, actor: Actor, body: str, count: int, connection: str) -> Posted:
+    """Store a room message and send it to the room's members."""
+    return await _batcher().post(_Post(room=room, actor=actor, body=body, count=count, connection=connection))
 
 
 async def server_event_publish(*, data: str, count: int) -> None:
-    """Send a server-generated event to every connected client."""
+    """Send a server-generated event to every connected client (not stored)."""
     event = {
         "type": "message",
         "kind": "server",
@@ -106,8 +208,8 @@ async def server_event_publish(*, data: str, count: int) -> None:
 # --- Rooms -------------------------------------------------------------------
 
 
-@transaction.atomic
-def room_open(*, name: str, actor: Actor) -> Room:
+@writes
+def room_open(*, name: str, actor: Actor) -> Outcome:
     """The room of that name, created with the actor as creator, or reopened if closed."""
     room, _created = Room.objects.get_or_create(
         name=name,
@@ -117,12 +219,13 @@ def room_open(*, name: str, actor: Actor) -> Room:
         room.closed = None
         room.closed_by = ""
         room.save(update_fields=["closed", "closed_by"])
-    return room
+    return Outcome(room)
 
 
-def _presence_text(*, room: Room, event: str, user: str) -> str:
+def _presence(*, room: Room, event: str, user: str, exclude: str | None = None) -> dict[str, Any]:
     members = selectors.room_member_count(room=room)
-    return encode({"type": "presence", "room": room.name, "event": event, "user": user, "members": members})
+    text = encode({"type": "presence", "room": room.name, "event": event, "user": user, "members": members})
+    return fanout_event(group=room.group_name, text=text, exclude=exclude)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,30 +234,30 @@ class Joined:
     last_id: int  # the newest message in `history` (0 when empty): later ones arrive live
 
 
-@transaction.atomic
-def room_join(*, room: Room, actor: Actor, connection: str, worker: str) -> Joined:
+@writes
+def room_join(*, room: Room, actor: Actor, connection: str, worker: str) -> Outcome:
     """Make the connection a member, announce it to every member, and return recent history."""
     _membership, created = Membership.objects.get_or_create(
         room=room, connection=connection, defaults={"worker_id": worker, "user": actor.name}
     )
     history, _more = selectors.room_history(name=room.name)
-    if created:
-        text = _presence_text(room=room, event="join", user=actor.name)
-        publish_on_commit(fanout_event(group=room.group_name, text=text))
-    return Joined(history=history, last_id=history[-1]["id"] if history else 0)
+    joined = Joined(history=history, last_id=history[-1]["id"] if history else 0)
+    return Outcome(joined, [_presence(room=room, event="join", user=actor.name)] if created else [])
 
 
-@transaction.atomic
-def room_leave(*, room: Room, actor: Actor, connection: str) -> None:
-    """Remove the connection from the room and tell the remaining members."""
+def _leave(*, room: Room, actor: Actor, connection: str) -> list[dict[str, Any]]:
     deleted, _ = Membership.objects.filter(room=room, connection=connection).delete()
-    if deleted:
-        text = _presence_text(room=room, event="leave", user=actor.name)
-        publish_on_commit(fanout_event(group=room.group_name, text=text, exclude=connection))
+    return [_presence(room=room, event="leave", user=actor.name, exclude=connection)] if deleted else []
 
 
-@transaction.atomic
-def room_close(*, name: str, actor: Actor, connection: str) -> str:
+@writes
+def room_leave(*, room: Room, actor: Actor, connection: str) -> Outcome:
+    """Remove the connection from the room and tell the remaining members."""
+    return Outcome(None, _leave(room=room, actor=actor, connection=connection))
+
+
+@writes
+def room_close(*, name: str, actor: Actor, connection: str) -> Outcome:
     """Close a room for its creator or a staff user; every member gets `room_closed`."""
     room = Room.objects.select_for_update().filter(name=name).first()
     if room is None:
@@ -168,15 +271,17 @@ def room_close(*, name: str, actor: Actor, connection: str) -> str:
     room.save(update_fields=["closed", "closed_by"])
     Membership.objects.filter(room=room).delete()
     text = encode({"type": "room_closed", "room": room.name, "by": actor.name})
-    publish_on_commit(fanout_event(group=room.group_name, text=text, exclude=connection, closes_room=room.pk))
-    return text
+    event = fanout_event(group=room.group_name, text=text, exclude=connection, closes_room=room.pk)
+    return Outcome(text, [event])
 
 
-def connection_leave_all(*, actor: Actor, connection: str) -> None:
+@writes
+def connection_leave_all(*, actor: Actor, connection: str) -> Outcome:
     """A socket went away: leave all its rooms, each with its own presence event."""
-    memberships = Membership.objects.filter(connection=connection).select_related("room")
-    for membership in memberships:
-        room_leave(room=membership.room, actor=actor, connection=connection)
+    events = []
+    for membership in Membership.objects.filter(connection=connection).select_related("room"):
+        events += _leave(room=membership.room, actor=actor, connection=connection)
+    return Outcome(None, events)
 
 
 # --- Workers -------------------------------------------------------------------
@@ -185,26 +290,20 @@ def connection_leave_all(*, actor: Actor, connection: str) -> None:
 WORKER_TIMEOUT = timedelta(seconds=60)
 
 
-def worker_heartbeat(*, worker: str) -> None:
+@writes
+def worker_heartbeat(*, worker: str) -> Outcome:
     Worker.objects.update_or_create(id=worker, defaults={"heartbeat": timezone.now()})
+    return Outcome()
 
 
-def workers_reap(*, now: Any = None) -> int:
-    """Drop the members of processes that stopped beating; returns how many went."""
+@writes
+def workers_reap(*, now: Any = None) -> Outcome:
+    """Drop the members of processes that stopped beating, announcing each departure."""
     cutoff = (now or timezone.now()) - WORKER_TIMEOUT
-    dead = list(Worker.objects.filter(heartbeat__lt=cutoff).values_list("id", flat=True))
-    gone = 0
-    for worker in dead:
-        gone += _worker_remove(worker=worker)
-    return gone
-
-
-@transaction.atomic
-def _worker_remove(*, worker: str) -> int:
-    memberships = list(Membership.objects.filter(worker_id=worker).select_related("room"))
-    for membership in memberships:
-        membership.delete()
-        text = _presence_text(room=membership.room, event="leave", user=membership.user)
-        publish_on_commit(fanout_event(group=membership.room.group_name, text=text))
-    Worker.objects.filter(id=worker).delete()
-    return len(memberships)
+    events = []
+    for worker in Worker.objects.filter(heartbeat__lt=cutoff):
+        for membership in Membership.objects.filter(worker=worker).select_related("room"):
+            membership.delete()
+            events.append(_presence(room=membership.room, event="leave", user=membership.user))
+        worker.delete()
+    return Outcome(len(events), events)

@@ -1,0 +1,39 @@
+"""WebSocket frames built once and written to many sockets.
+
+A server's frames are not masked (RFC 6455, section 5.1), so one room message is the
+same bytes for every recipient: build them once and hand each socket the same object.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_TEXT_FIN = 0x81  # FIN bit and opcode 1 (text)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame carrying `payload` (UTF-8)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((_TEXT_FIN, size))
+    elif size < 65_536:
+        header = struct.pack("!BBH", _TEXT_FIN, 126, size)
+    else:
+        header = struct.pack("!BBQ", _TEXT_FIN, 127, size)
+    return header + payload
+
+
+class Outgoing:
+    """A frame's text, and its wire bytes made on first use and shared by every recipient."""
+
+    __slots__ = ("_frame", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = text_frame(self.text.encode())
+        return self._frame
