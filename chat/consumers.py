@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -172,7 +173,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.history_floor[group] = joined.last_id
         await self.send_joined(command, joined.history)
         for message_id, outgoing in self.joining.pop(group):
-            await self.relay(group, message_id, outgoing)
+            pending = self.relay(group, message_id, outgoing)
+            if pending is not None:
+                await pending
 
     async def send_joined(self, command: p.Join, history: list[dict[str, Any]]) -> None:
         await self.send_event(
@@ -246,18 +249,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- called by the hub ----------------------------------------------------
 
-    async def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> None:
-        """Send a frame the hub fanned out, unless `joined` already carried it."""
-        held = self.joining.get(group)
-        if held is not None:
-            held.append((message_id, outgoing))
-            return
+    def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> Awaitable[None] | None:
+        """Send a frame the hub fanned out, unless `joined` already carried it.
+
+        Synchronous on the server's fast path (no coroutine per recipient); otherwise
+        returns the ASGI send for the hub to await.
+        """
+        if self.joining:
+            held = self.joining.get(group)
+            if held is not None:
+                held.append((message_id, outgoing))
+                return None
         if message_id is not None and message_id <= self.history_floor.get(group, 0):
-            return
-        if self.write_frame is not None:
-            self.write_frame(outgoing.frame)
-        else:
-            await self.send(text_data=outgoing.text)
+            return None
+        if self.write_frame is None:
+            return self.send(text_data=outgoing.text)
+        self.write_frame(outgoing.frame)
+        return None
 
     def forget_room(self, group: str) -> None:
         """The room was closed: it is no longer one of this socket's rooms."""

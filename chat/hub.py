@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 import weakref
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -32,7 +33,7 @@ GROUP_RENEW_SECONDS = 3600
 class Connection(Protocol):
     connection_id: str
 
-    async def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> None: ...
+    def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> Awaitable[None] | None: ...
 
     def forget_room(self, group: str) -> None: ...
 
@@ -118,7 +119,9 @@ class Hub:
             if connection.connection_id == exclude:
                 continue
             try:
-                await connection.relay(group, message_id, outgoing)
+                pending = connection.relay(group, message_id, outgoing)
+                if pending is not None:  # the plain ASGI path; the fast path is done already
+                    await pending
             except Exception:  # one broken socket must not cost the others their message
                 log.exception("relay to %s failed", connection.connection_id)
         if closes:

@@ -113,16 +113,42 @@ class _Post:
 BATCH_MAX = 256
 
 
+_INSERT_FIELDS = ("room", "sender", "sender_user", "body", "created")
+
+
+def _insert_messages(messages: list[Message]) -> None:
+    """INSERT the messages one statement each and set their ids.
+
+    The hot path of every room message: the ORM's save() or bulk_create() spends about
+    eight times as long building each statement as SQLite spends running it
+    (docs/performance.md). The statement is made from the model's own fields.
+    """
+    fields = [Message._meta.get_field(name) for name in _INSERT_FIELDS]
+    quote = db_connection.ops.quote_name
+    returning = db_connection.features.can_return_columns_from_insert
+    sql = "INSERT INTO {} ({}) VALUES ({}){}".format(
+        quote(Message._meta.db_table),
+        ", ".join(quote(field.column) for field in fields),
+        ", ".join(["%s"] * len(fields)),
+        f" RETURNING {quote(Message._meta.pk.column)}" if returning else "",
+    )
+    now = timezone.now()
+    with db_connection.cursor() as cursor:
+        for message in messages:
+            message.created = now
+            cursor.execute(
+                sql,
+                [field.get_db_prep_save(getattr(message, field.attname), db_connection) for field in fields],
+            )
+            message.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
+
+
 def _store_posts(posts: list[_Post]) -> Outcome:
     messages = [
         Message(room=post.room, sender=post.actor.name, sender_user_id=post.actor.user_id, body=post.body)
         for post in posts
     ]
-    if db_connection.features.can_return_rows_from_bulk_insert:
-        Message.objects.bulk_create(messages)
-    else:  # SQLite before 3.35 cannot say which ids an insert made
-        for message in messages:
-            message.save()
+    _insert_messages(messages)
     outcome = Outcome([], [])
     for post, message in zip(posts, messages, strict=True):
         room_name = post.room.name if post.room is not None else None

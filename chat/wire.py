@@ -24,16 +24,10 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class Outgoing:
-    """A frame's text, and its wire bytes made on first use and shared by every recipient."""
+    """A frame's text and its wire bytes, made once and shared by every recipient."""
 
-    __slots__ = ("_frame", "text")
+    __slots__ = ("frame", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._frame: bytes | None = None
-
-    @property
-    def frame(self) -> bytes:
-        if self._frame is None:
-            self._frame = text_frame(self.text.encode())
-        return self._frame
+        self.frame = text_frame(text.encode())
