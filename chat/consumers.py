@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, ClassVar
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -22,8 +22,7 @@ from . import selectors, services
 from .auth import actor_for_scope
 from .hub import Hub, get_hub
 from .ratelimit import TokenBucket
-from .uvicorn_ws import FRAMES_EXTENSION
-from .wire import Outgoing, text_frame
+from .wire import FRAMES_EXTENSION, Outgoing, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # Delivery goes through the process's hub, so a socket needs no channel of its
     # own: no per-socket receive loop, no per-recipient channel-layer message.
     channel_layer_alias = "chat.no-per-socket-channel"
+    # The handler of each command type, by method name: one table for every socket,
+    # where a dict of bound methods would cost each socket about 1 KB.
+    handlers: ClassVar[dict[type[p.Command], str]] = {
+        p.Echo: "on_echo",
+        p.Broadcast: "on_broadcast",
+        p.Join: "on_join",
+        p.Leave: "on_leave",
+        p.RoomMessage: "on_room_message",
+        p.CloseRoom: "on_close_room",
+        p.History: "on_history",
+        p.Ping: "on_ping",
+        p.Disconnect: "on_disconnect",
+    }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Handle one socket's events in order, in a plain loop.
@@ -67,17 +79,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.write_frame = self.scope.get("extensions", {}).get(FRAMES_EXTENSION, {}).get("write")
         rate = settings.CHAT_RATE_LIMIT
         self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
-        self.handlers = {
-            p.Echo: self.on_echo,
-            p.Broadcast: self.on_broadcast,
-            p.Join: self.on_join,
-            p.Leave: self.on_leave,
-            p.RoomMessage: self.on_room_message,
-            p.CloseRoom: self.on_close_room,
-            p.History: self.on_history,
-            p.Ping: self.on_ping,
-            p.Disconnect: self.on_disconnect,
-        }
         self.actor = await actor_for_scope(self.scope, self.connection_id)
         await self.accept()
         if self.actor is None:
@@ -118,7 +119,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     ref=_ref_of(text_data),
                 )
             command = p.parse_client_message(text_data, bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
-            await self.handlers[type(command)](command)
+            await getattr(self, self.handlers[type(command)])(command)
         except p.ProtocolError as error:
             if command is not None:
                 # Raised by a handler or a service, which never see the request's ref.

@@ -10,6 +10,10 @@ import struct
 
 _TEXT_FIN = 0x81  # FIN bit and opcode 1 (text)
 
+# The scope extension through which a server offers `write(frame) -> bool` for such
+# frames (chat/uvicorn_ws.py); without it, the application sends through plain ASGI.
+FRAMES_EXTENSION = "chat.frames"
+
 
 def text_frame(payload: bytes) -> bytes:
     """One unfragmented, unmasked text frame carrying `payload` (UTF-8)."""
