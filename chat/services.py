@@ -3,8 +3,8 @@
 Every write runs in one transaction in a database thread and returns the events it
 caused; `@writes` publishes them from the event loop once that transaction has
 committed, so nobody ever sees a message that is not stored, and the database thread
-never waits for the channel layer. This is the only module that sends to the channel
-layer.
+never waits for the channel layer. Room messages and broadcasts take the same path in
+batches (`_PostBatcher`). This is the only module that sends to the channel layer.
 """
 
 from __future__ import annotations
@@ -189,13 +189,22 @@ class _PostBatcher:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                for event in outcome.events:
-                    await publish(event)
+                await _publish_stored(outcome.events)
                 for (_, future), posted in zip(batch, outcome.value, strict=True):
                     if not future.done():
                         future.set_result(posted)
         finally:
             self.task = None
+
+
+async def _publish_stored(events: list[dict[str, Any]]) -> None:
+    """Publish events of messages already stored. A failure here loses no message: the
+    senders still get their confirmation, and the others catch up with `history`."""
+    for event in events:
+        try:
+            await publish(event)
+        except Exception:
+            log.exception("could not publish stored message %s; clients recover it from history", event["id"])
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PostBatcher] = weakref.WeakKeyDictionary()
