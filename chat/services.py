@@ -62,6 +62,18 @@ async def publish(event: dict[str, Any]) -> None:
     await get_channel_layer().group_send(event["group"], event)
 
 
+async def _publish_committed(events: list[dict[str, Any]]) -> None:
+    """Publish the events of a committed write. A failure here undoes nothing and loses
+    nothing: the caller still gets its answer, and clients catch up with `history`."""
+    for event in events:
+        try:
+            await publish(event)
+        except Exception:
+            log.exception(
+                "could not publish to %s after commit; clients recover from history", event["group"]
+            )
+
+
 @dataclass(slots=True)
 class Outcome:
     """What a write returns to its caller, and the events to publish once it commits."""
@@ -80,8 +92,7 @@ def writes(store: Callable[P, Outcome]) -> Callable[P, Awaitable[Any]]:
     @functools.wraps(store)
     async def service(*args: P.args, **kwargs: P.kwargs) -> Any:
         outcome = await atomic_store(*args, **kwargs)
-        for event in outcome.events:
-            await publish(event)
+        await _publish_committed(outcome.events)
         return outcome.value
 
     return service
@@ -189,22 +200,12 @@ class _PostBatcher:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                await _publish_stored(outcome.events)
+                await _publish_committed(outcome.events)
                 for (_, future), posted in zip(batch, outcome.value, strict=True):
                     if not future.done():
                         future.set_result(posted)
         finally:
             self.task = None
-
-
-async def _publish_stored(events: list[dict[str, Any]]) -> None:
-    """Publish events of messages already stored. A failure here loses no message: the
-    senders still get their confirmation, and the others catch up with `history`."""
-    for event in events:
-        try:
-            await publish(event)
-        except Exception:
-            log.exception("could not publish stored message %s; clients recover it from history", event["id"])
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PostBatcher] = weakref.WeakKeyDictionary()
