@@ -24,13 +24,16 @@ class ErrorCode(StrEnum):
     # Not in the base protocol: the server could not do what was asked (the
     # database or the channel layer failed). Nothing was stored; try again.
     UNAVAILABLE = "unavailable"
+    # Not in the base protocol: a `join` beyond CHAT_MAX_ROOMS_PER_CONNECTION.
+    TOO_MANY_ROOMS = "too_many_rooms"
 
 
 class CloseCode:
     NORMAL = 1000
     MESSAGE_TOO_BIG = 1009  # sent by the ASGI server itself, from CHAT_MAX_FRAME_BYTES
-    LOGIN_REQUIRED = 4401
+    LOGIN_REQUIRED = 4401  # also sent to a session's sockets when that session logs out
     ORIGIN_REFUSED = 4403
+    TOO_MANY_CONNECTIONS = 4429  # beyond CHAT_MAX_CONNECTIONS_PER_USER, like HTTP 429
 
 
 ROOM_NAME_MAX_CHARS = 64  # fits a tab label, and a name is never a paragraph
