@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable
+from datetime import timedelta
 from typing import Any, Protocol
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
+from django.utils import timezone
 
 from . import services
 from .emitter import emit_server_events
@@ -24,14 +27,19 @@ from .wire import Outgoing
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 15  # four beats fit in WORKER_TIMEOUT, so one slow beat is no death
+# Heartbeat and worker timeout: settings.CHAT_HEARTBEAT_SECONDS and CHAT_WORKER_TIMEOUT.
 # Channel-layer groups expire (a day by default); renewing hourly keeps a long-lived
 # process in its groups at the cost of one write per group per hour.
 GROUP_RENEW_SECONDS = 3600
+# How soon to try again to rejoin the channel layer's groups after Redis went away.
+LAYER_RETRY_SECONDS = 1.0
+PROBE_EVENT = "chat.probe"  # the hub's own check that its channel still receives
 
 
 class Connection(Protocol):
     connection_id: str
+    actor: Any  # chat.auth.Actor
+    rooms: dict[str, Any]  # room name -> Room, the rooms this socket is a member of
 
     def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> Awaitable[None] | None: ...
 
@@ -49,6 +57,9 @@ class Hub:
         self._subscribed: set[str] = set()  # groups this process's channel is in
         self._group_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._layer_lost = asyncio.Event()  # set when the channel layer failed: rejoin groups
+        self._probes_sent = 0
+        self._probes_seen = 0
 
     async def start(self) -> None:
         await services.worker_heartbeat(worker=self.worker_id)
@@ -56,6 +67,7 @@ class Hub:
         await self._sync_group(services.BROADCAST_GROUP)
         self._tasks.append(asyncio.create_task(self._receive_forever(), name="chat-hub-receive"))
         self._tasks.append(asyncio.create_task(self._heartbeat_forever(), name="chat-hub-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._rejoin_layer_forever(), name="chat-hub-rejoin"))
         interval = settings.CHAT_SERVER_EVENTS_INTERVAL
         # Another process cannot reach an in-memory layer, so the server emits itself.
         if interval > 0 and isinstance(self.layer, InMemoryChannelLayer):
@@ -134,26 +146,122 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("channel layer receive failed; retrying in 1 s")
-                await asyncio.sleep(1)
+                log.exception("channel layer receive failed; retrying in %g s", LAYER_RETRY_SECONDS)
+                self._layer_lost.set()
+                await asyncio.sleep(LAYER_RETRY_SECONDS)
                 continue
-            if event.get("type") == services.DELIVER_EVENT:
+            kind = event.get("type")
+            if kind == services.DELIVER_EVENT:
                 await self.deliver(event)
+            elif kind == PROBE_EVENT:
+                self._probes_seen = max(self._probes_seen, event.get("seq", 0))
+
+    # --- healing: Redis restarts, dead processes, this process cut off --------
+
+    async def _rejoin_layer_forever(self) -> None:
+        """After the channel layer failed, put this process's channel back in its groups.
+
+        A Redis restarted without persistence has forgotten every group (the core
+        layer keeps them as keys); re-adding is harmless where it remembers them.
+        """
+        while True:
+            await self._layer_lost.wait()
+            self._layer_lost.clear()
+            try:
+                async with self._group_lock:
+                    for group in list(self._subscribed):
+                        await self.layer.group_add(group, self.channel)
+            except Exception as error:
+                log.warning(
+                    "channel layer still unavailable (%r); retrying in %g s", error, LAYER_RETRY_SECONDS
+                )
+                self._layer_lost.set()
+                await asyncio.sleep(LAYER_RETRY_SECONDS)
+            else:
+                log.info("channel layer reachable again; %d group(s) rejoined", len(self._subscribed))
+
+    async def _probe_layer(self) -> None:
+        """Send this channel a probe; if the previous one never came back, rejoin the groups."""
+        if self._probes_seen < self._probes_sent:
+            log.warning("the channel layer lost a probe; rejoining this process's groups")
+            self._layer_lost.set()
+        self._probes_sent += 1
+        try:
+            await self.layer.send(self.channel, {"type": PROBE_EVENT, "seq": self._probes_sent})
+        except Exception as error:
+            log.warning("channel layer unavailable (%r)", error)
+            self._layer_lost.set()
 
     async def _heartbeat_forever(self) -> None:
-        beats_per_renewal = GROUP_RENEW_SECONDS // HEARTBEAT_SECONDS
-        beat = 0
+        """Beat, reap dead processes, and undo this process's own reaping if it happened.
+
+        A process reaps others only after beating without a miss for a whole timeout:
+        after a database outage every process's last beat is old, and the first to get
+        through must not declare all the others dead.
+        """
+        interval = settings.CHAT_HEARTBEAT_SECONDS
+        timeout = settings.CHAT_WORKER_TIMEOUT
+        last_beat = healthy_since = time.monotonic()  # start() beat
+        next_renewal = last_beat + GROUP_RENEW_SECONDS
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            beat += 1
+            await asyncio.sleep(interval)
+            await self._probe_layer()
             try:
                 await services.worker_heartbeat(worker=self.worker_id)
-                await services.workers_reap()
-                if beat % beats_per_renewal == 0:
+            except Exception:
+                log.exception("heartbeat failed; trying again in %g s", interval)
+                healthy_since = None
+                continue
+            now = time.monotonic()
+            if now - last_beat >= timeout - interval:
+                # Silent long enough that another process may have removed this one's members.
+                await self._restore_memberships()
+            last_beat = now
+            if healthy_since is None:
+                healthy_since = now
+            try:
+                if now - healthy_since >= timeout:
+                    await reap_silent_workers(silent_for=timeout)
+                if now >= next_renewal:
+                    next_renewal = now + GROUP_RENEW_SECONDS
                     for group in list(self._subscribed):
                         await self.layer.group_add(group, self.channel)
             except Exception:
-                log.exception("heartbeat failed; trying again in %s s", HEARTBEAT_SECONDS)
+                log.exception("reaping or group renewal failed; trying again in %g s", interval)
+
+    async def _restore_memberships(self) -> None:
+        """Record again the room memberships of this process's sockets (a no-op for those kept)."""
+        restored = 0
+        for group, members in list(self.groups.items()):
+            if group == services.BROADCAST_GROUP:
+                continue
+            for connection in list(members):
+                room = next((r for r in connection.rooms.values() if r.group_name == group), None)
+                if room is None:
+                    continue  # still joining, or just left: its own request records it
+                try:
+                    await services.room_join(
+                        room=room,
+                        actor=connection.actor,
+                        connection=connection.connection_id,
+                        worker=self.worker_id,
+                    )
+                    if connection not in self.groups.get(group, ()):  # left meanwhile: undo
+                        await services.room_leave(
+                            room=room, actor=connection.actor, connection=connection.connection_id
+                        )
+                    restored += 1
+                except Exception:
+                    log.exception("could not restore %s in %s", connection.connection_id, group)
+        log.warning("heartbeats were missing for a whole timeout; %d membership(s) checked", restored)
+
+
+async def reap_silent_workers(*, silent_for: float) -> int:
+    """Remove the members of processes silent for `silent_for` seconds, announcing each departure."""
+    # services.workers_reap measures silence against its own WORKER_TIMEOUT from `now`;
+    # shifting `now` makes the cutoff `silent_for` seconds ago instead.
+    shift = services.WORKER_TIMEOUT - timedelta(seconds=silent_for)
+    return await services.workers_reap(now=timezone.now() + shift)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Hub]] = weakref.WeakKeyDictionary()

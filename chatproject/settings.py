@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -149,12 +150,23 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 CHAT_REDIS_LAYER = os.environ.get("CHAT_REDIS_LAYER", "pubsub").strip().lower()
 if CHAT_REDIS_LAYER not in {"pubsub", "core"}:
     raise ImproperlyConfigured(f"CHAT_REDIS_LAYER={CHAT_REDIS_LAYER!r}: use pubsub or core.")
+# How each process talks to Redis (redis-py connection options). After Redis restarts,
+# every pooled connection is stale: one retry on a connection error reconnects instead of
+# losing that publish. Timeouts turn a Redis that hangs into errors the hub recovers from
+# (10 s is above the core layer's 5 s blocking read) instead of a process that waits forever.
+REDIS_HOST = {
+    "address": REDIS_URL,
+    "retry_on_error": [RedisConnectionError],
+    "socket_connect_timeout": 2,
+    "socket_timeout": 10,
+    "socket_keepalive": True,
+}
 if REDIS_URL and CHAT_REDIS_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [REDIS_HOST],
                 # A separate prefix lets several deployments (or test runs) share one Redis.
                 "prefix": os.environ.get("CHAT_CHANNEL_PREFIX", "chat") + ":",
             },
@@ -165,7 +177,7 @@ elif REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [REDIS_HOST],
                 "prefix": os.environ.get("CHAT_CHANNEL_PREFIX", "chat"),
                 # Each process has one channel that carries every event for its
                 # sockets, so it needs room for bursts, not for one socket's backlog.
@@ -231,6 +243,16 @@ CHAT_MAX_MESSAGE_CHARS = int(env_number("CHAT_MAX_MESSAGE_CHARS", 4000, minimum=
 CHAT_MAX_FRAME_BYTES = int(env_number("CHAT_MAX_FRAME_BYTES", 64 * 1024, minimum=1024))
 CHAT_RATE_LIMIT = env_number("CHAT_RATE_LIMIT", 20, integer=False)
 CHAT_SERVER_EVENTS_INTERVAL = env_number("CHAT_SERVER_EVENTS_INTERVAL", 10, integer=False)
+# Presence that heals: every process records a heartbeat this often, and one silent for
+# CHAT_WORKER_TIMEOUT is dead (killed, or cut off from the database): a live process then
+# removes its members. Four beats fit in the timeout, so one slow beat is no death.
+CHAT_HEARTBEAT_SECONDS = env_number("CHAT_HEARTBEAT_SECONDS", 15, minimum=0.1, integer=False)
+CHAT_WORKER_TIMEOUT = env_number("CHAT_WORKER_TIMEOUT", 60, minimum=1, integer=False)
+if CHAT_WORKER_TIMEOUT < 2 * CHAT_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"CHAT_WORKER_TIMEOUT={CHAT_WORKER_TIMEOUT:g} must be at least twice CHAT_HEARTBEAT_SECONDS="
+        f"{CHAT_HEARTBEAT_SECONDS:g}, or a live process whose beat is a little late is declared dead."
+    )
 
 # `manage.py runserver` reads these, and `manage.py serve` passes the same limit to
 # daphne; both close an oversized frame with 1009 (see chat/server.py). A bare
