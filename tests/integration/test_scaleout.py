@@ -38,6 +38,7 @@ from .servers import (
     server_env,
     spawn,
     stop,
+    wait_until_healthy,
 )
 
 pytestmark = [pytest.mark.needs_redis, pytest.mark.needs_postgres]
@@ -332,6 +333,50 @@ def server_prefix(server: Server) -> str:
         if item.startswith(b"CHAT_CHANNEL_PREFIX="):
             return item.split(b"=", 1)[1].decode()
     raise AssertionError("the server has no CHAT_CHANNEL_PREFIX")
+
+
+def worker_processes(pid: int) -> set[int]:
+    """The uvicorn workers a supervisor started (multiprocessing's resource tracker aside)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"resource_tracker" not in command:
+                    found.add(int(child))
+    return found
+
+
+async def test_serve_workers_option_runs_one_chat(tmp_path, postgres_url, redis):
+    """`serve --workers 2`: two chat processes on one port under a supervisor that
+    replaces one killed with -9; clients of both are one chat."""
+    port = free_port()
+    log = tmp_path / "workers.log"
+    command = [PYTHON, str(ROOT / "manage.py"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    process = spawn([*command, "--workers", "2"], env=env_for(postgres_url, redis.url), log=log)
+    server = Server(port=port, process=process, log=log)
+    try:
+        wait_until_healthy(server)
+        workers = worker_processes(process.pid)
+        assert len(workers) == 2, server.output()
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (len(worker_processes(process.pid)) == 2 and victim not in worker_processes(process.pid)):
+            assert time.monotonic() < deadline, f"no replacement for {victim}:\n{server.output()}"
+            await asyncio.sleep(0.2)
+        wait_until_healthy(server)
+
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(connect(server.ws_url)) for _ in range(6)]
+            for ws in clients:
+                await hello(ws)
+            await send(clients[0], type="broadcast", data="to every worker", ref=1)
+            for ws in clients:
+                got, _ = await until(ws, lambda f: f.get("data") == "to every worker")
+                assert got["kind"] == "broadcast"
+    finally:
+        stop(process)
 
 
 # --- a process dies ---------------------------------------------------------------

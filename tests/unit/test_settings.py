@@ -113,3 +113,47 @@ def test_numbers_are_checked(monkeypatch):
 def test_host_lists_are_trimmed(monkeypatch):
     monkeypatch.setenv("CHAT_TEST_VALUE", " chat.example.com , ,localhost ")
     assert env_list("CHAT_TEST_VALUE", []) == ["chat.example.com", "localhost"]
+
+
+def test_worker_timeout_must_cover_two_heartbeats(tmp_path):
+    result = run_python(
+        "-c",
+        "import chatproject.settings",
+        tmp_path=tmp_path,
+        SECRET_KEY="k" * 50,
+        CHAT_HEARTBEAT_SECONDS="10",
+        CHAT_WORKER_TIMEOUT="15",
+    )
+    assert result.returncode != 0
+    assert "CHAT_WORKER_TIMEOUT=15 must be at least twice CHAT_HEARTBEAT_SECONDS=10" in result.stderr
+
+
+def test_presence_timeouts_default_to_15_and_60_seconds(tmp_path):
+    result = run_python(
+        "-c",
+        "import chatproject.settings as s; print(s.CHAT_HEARTBEAT_SECONDS, s.CHAT_WORKER_TIMEOUT)",
+        tmp_path=tmp_path,
+        SECRET_KEY="k" * 50,
+    )
+    assert result.stdout.split() == ["15", "60"], result.stderr
+
+
+def test_serve_refuses_several_workers_on_the_in_memory_layer(tmp_path):
+    """Each worker would be a chat of its own."""
+    result = run_python("manage.py", "serve", "--workers", "2", tmp_path=tmp_path, DEBUG="true")
+    assert result.returncode != 0 and "Several workers need REDIS_URL" in result.stderr
+
+
+def test_serve_workers_need_uvicorn(tmp_path):
+    result = run_python(
+        "manage.py",
+        "serve",
+        "--server",
+        "daphne",
+        "--workers",
+        "2",
+        tmp_path=tmp_path,
+        SECRET_KEY="k" * 50,
+        REDIS_URL="redis://127.0.0.1:9/0",
+    )
+    assert result.returncode != 0 and "--workers needs uvicorn" in result.stderr

@@ -1,7 +1,10 @@
 """Serve the chat in production: uvicorn (the default) or daphne, limits from the settings."""
 
+import os
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 SERVERS = ("uvicorn", "daphne")
 
@@ -20,28 +23,51 @@ class Command(BaseCommand):
             "--server", choices=SERVERS, default="uvicorn", help="ASGI server (default uvicorn)"
         )
         parser.add_argument(
+            "--workers",
+            type=int,
+            default=int(os.environ.get("WEB_CONCURRENCY") or 1),
+            help="worker processes sharing the port, each its own part of the chat through Redis "
+            "(default $WEB_CONCURRENCY or 1; about one per core; uvicorn only)",
+        )
+        parser.add_argument(
             "--proxy-headers",
             action="store_true",
             help="trust X-Forwarded-For/-Proto from a reverse proxy in front",
         )
 
-    def handle(self, *args, host, port, server, proxy_headers, **options):
+    def handle(self, *args, host, port, server, workers, proxy_headers, **options):
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        if workers > 1 and server != "uvicorn":
+            raise CommandError(
+                "--workers needs uvicorn; to serve with daphne, start one `serve --server daphne` "
+                "per worker, each on its own port, behind the reverse proxy."
+            )
+        if workers > 1 and isinstance(get_channel_layer(), InMemoryChannelLayer):
+            raise CommandError(
+                "Several workers need REDIS_URL: with the in-memory channel layer each worker "
+                "would be a chat of its own."
+            )
         module, _, attribute = settings.ASGI_APPLICATION.rpartition(".")
         application = f"{module}:{attribute}"
-        self.stdout.write(f"Chat at http://{host}:{port}/ ({server}; Ctrl-C stops)")
+        plural = "s" if workers > 1 else ""
+        self.stdout.write(f"Chat at http://{host}:{port}/ ({server}, {workers} worker{plural}; Ctrl-C stops)")
         if server == "daphne":
             run_daphne(application, host=host, port=port, proxy_headers=proxy_headers)
         else:
-            run_uvicorn(application, host=host, port=port, proxy_headers=proxy_headers)
+            run_uvicorn(application, host=host, port=port, workers=workers, proxy_headers=proxy_headers)
 
 
-def run_uvicorn(application: str, *, host: str, port: int, proxy_headers: bool) -> None:
+def run_uvicorn(application: str, *, host: str, port: int, workers: int, proxy_headers: bool) -> None:
     import uvicorn
 
     uvicorn.run(
         application,
         host=host,
         port=port,
+        # More than one: a supervisor process starts them on one shared socket and
+        # restarts any that dies; each is a separate chat process (hub, heartbeat).
+        workers=workers,
         loop="uvloop",
         http="httptools",
         ws="chat.uvicorn_ws:ChatWebSocketProtocol",
