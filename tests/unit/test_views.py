@@ -18,6 +18,7 @@ pytestmark = pytest.mark.django_db
 INDEX = reverse("chat:index")
 HEALTHZ = reverse("chat:healthz")
 LOGIN = reverse("login")
+SIGNUP = reverse("signup")
 PASSWORD = "correct-horse-battery-staple"
 
 
@@ -115,7 +116,7 @@ def test_page_is_never_cached(client):
 def test_page_carries_the_client_script_and_its_limits(client, settings):
     settings.CHAT_MAX_MESSAGE_CHARS = 123
     page = client.get(INDEX).content.decode()
-    assert re.search(r'<script src="/static/chat/chat\.js"></script>', page)
+    assert re.search(r'<script src="/static/chat/chat\.js" defer></script>', page)
     config = re.search(r'<script id="chat-config" type="application/json">(.*?)</script>', page)
     assert config and json.loads(config.group(1)) == {"maxMessageChars": 123, "maxRoomChars": 64}
 
@@ -188,3 +189,107 @@ def test_logout_is_a_post_and_returns_to_the_chat(client, alice):
     response = client.post(reverse("logout"))
     assert response.status_code == 302 and response["Location"] == INDEX
     assert shown_name(client.get(INDEX)).startswith("guest-")
+
+
+# --- signing up ------------------------------------------------------------------
+
+
+def test_sign_up_creates_the_account_logs_it_in_and_returns_to_the_chat(django_user_model):
+    browser = Client(enforce_csrf_checks=True)
+    form = browser.get(SIGNUP)
+    assert form.status_code == 200 and "no-cache" in form["Cache-Control"]
+    response = browser.post(
+        SIGNUP,
+        {
+            "username": "carol",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "csrfmiddlewaretoken": csrf_token(form),
+        },
+    )
+    assert response.status_code == 302 and response["Location"] == INDEX
+    assert django_user_model.objects.get(username="carol").check_password(PASSWORD)
+    page = browser.get(INDEX)
+    assert shown_name(page) == "carol" and "(guest)" not in page.content.decode()
+
+
+def test_sign_up_without_csrf_token_is_refused(django_user_model):
+    browser = Client(enforce_csrf_checks=True)
+    browser.get(SIGNUP)
+    response = browser.post(SIGNUP, {"username": "carol", "password1": PASSWORD, "password2": PASSWORD})
+    assert response.status_code == 403
+    assert not django_user_model.objects.filter(username="carol").exists()
+
+
+@pytest.mark.parametrize(
+    ("username", "password1", "password2"),
+    [
+        ("alice", PASSWORD, PASSWORD),
+        ("ALICE", PASSWORD, PASSWORD),
+        ("dave", PASSWORD, "different-horse"),
+        ("dave", "1234", "1234"),
+    ],
+    ids=["taken", "taken-other-case", "mismatch", "weak"],
+)
+def test_sign_up_with_a_bad_form_shows_it_again(
+    client, alice, django_user_model, username, password1, password2
+):
+    response = client.post(SIGNUP, {"username": username, "password1": password1, "password2": password2})
+    assert response.status_code == 200 and response.context["form"].errors
+    assert django_user_model.objects.count() == 1
+    assert "_auth_user_id" not in client.session
+
+
+def test_sign_up_when_logged_in_goes_back_to_the_chat(client, alice):
+    client.force_login(alice)
+    response = client.get(SIGNUP)
+    assert response.status_code == 302 and response["Location"] == INDEX
+
+
+def test_visitors_are_offered_sign_up_and_log_in(client):
+    page = client.get(INDEX).content.decode()
+    assert f'href="{SIGNUP}"' in page and f'href="{LOGIN}"' in page
+    assert f'href="{SIGNUP}"' in client.get(LOGIN).content.decode()
+
+
+# --- Content-Security-Policy ------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [INDEX, LOGIN, SIGNUP, HEALTHZ])
+def test_every_response_carries_a_strict_content_security_policy(client, path):
+    policy = client.get(path)["Content-Security-Policy"]
+    directives = dict(
+        (name, sources) for name, _, sources in (part.strip().partition(" ") for part in policy.split(";"))
+    )
+    assert directives["default-src"] == "'self'"
+    assert directives["script-src"] == "'self'"
+    assert directives["style-src"] == "'self'"
+    assert directives["connect-src"] == "'self' ws://testserver wss://testserver"
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["object-src"] == "'none'"
+    assert "unsafe" not in policy
+
+
+def test_content_security_policy_of_a_refused_host_names_no_host(client):
+    response = client.get(INDEX, HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert "evil" not in response["Content-Security-Policy"]
+    assert "connect-src 'self';" in response["Content-Security-Policy"]
+
+
+def test_pages_need_no_inline_script_or_style(client, alice):
+    """What the policy forbids is not there: no inline code, no style attributes, no other hosts."""
+    pages = [client.get(INDEX), client.get(LOGIN), client.get(SIGNUP)]
+    client.force_login(alice)
+    pages.append(client.get(INDEX))
+    for response in pages:
+        html = response.content.decode()
+        assert "<style" not in html
+        for tag in re.findall(r"<[a-zA-Z][^>]*>", html):
+            assert not re.search(r"\s(on[a-z]+|style)=", tag), tag
+        for script in re.findall(r"<script([^>]*)>(.*?)</script>", html, flags=re.S):
+            attributes, body = script
+            assert (
+                'src="/static/' in attributes and not body.strip()
+            ) or 'type="application/json"' in attributes
+        assert "http://" not in html and "https://" not in html
