@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
+from django.contrib.auth.signals import user_logged_out
+from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
+
+log = logging.getLogger(__name__)
 
 GUEST_NAME_SESSION_KEY = "chat_guest_name"
 
@@ -43,6 +49,11 @@ def guest_name_for_session(session: Any) -> str:
 def _session_digest(session_key: str) -> str:
     # The raw key is a credential; rooms store only a digest of it.
     return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+def session_group(session_key: str) -> str:
+    """The channel-layer group where the end of a logged-in session is announced."""
+    return f"chat.session.{_session_digest(session_key)}"
 
 
 def _guest_actor_sync(session: Any, connection_id: str) -> Actor:
@@ -91,3 +102,23 @@ class OriginValidator:
             if not origin_allowed(origin):
                 return await WebsocketDenier()(scope, receive, send)
         return await self.application(scope, receive, send)
+
+
+# --- Logging out closes the session's sockets ---------------------------------
+# Connected when this module is imported: chat.views imports it, and every logout
+# happens in a request, after the URLconf (and so chat.views) has been loaded.
+
+
+@receiver(user_logged_out, dispatch_uid="chat.close_sockets_of_session")
+def close_sockets_on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """Close every socket of the session that logs out, on every worker, with 4401."""
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if not session_key:
+        return
+    from . import services  # services imports the models; this module must not at import
+
+    event = services.fanout_event(group=session_group(session_key), text="{}")
+    try:
+        async_to_sync(services.publish)(event)
+    except Exception:  # logging out must work even when the channel layer does not
+        log.exception("could not close the sockets of a session that logged out")

@@ -19,9 +19,9 @@ from django.conf import settings
 
 from . import protocol as p
 from . import selectors, services
-from .auth import actor_for_scope
+from .auth import actor_for_scope, session_group
 from .hub import Hub, get_hub
-from .ratelimit import TokenBucket
+from .ratelimit import TokenBucket, open_connections
 from .wire import FRAMES_EXTENSION, Outgoing, text_frame
 
 log = logging.getLogger(__name__)
@@ -79,19 +79,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.write_frame = self.scope.get("extensions", {}).get(FRAMES_EXTENSION, {}).get("write")
         rate = settings.CHAT_RATE_LIMIT
         self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
+        self.session_group: str | None = None
+        self.counted = False  # whether open_connections counts this socket
         self.actor = await actor_for_scope(self.scope, self.connection_id)
         await self.accept()
         if self.actor is None:
             await self.close(code=p.CloseCode.LOGIN_REQUIRED)
             return
+        if not await self.open_within_limits():
+            return
         self.hub = await get_hub()
         self.hub.attach(self)
+        await self.follow_session()
         await self.send_event(
             {"type": "message", "kind": "system", "data": "Connected", "count": 0, "user": self.actor.name}
         )
 
     async def disconnect(self, code: int) -> None:
         """Leave every room, so the other members see this socket go, whatever happens here."""
+        if self.counted:
+            self.counted = False
+            open_connections.release(self.actor.key)
         if self.hub is None:
             return
         try:
@@ -156,6 +164,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             history, _more = await db(selectors.room_history)(name=command.room)
             await self.send_joined(command, history)
             return
+        limit = settings.CHAT_MAX_ROOMS_PER_CONNECTION
+        if limit and len(self.rooms) + len(self.joining) >= limit:
+            raise p.ProtocolError(
+                p.ErrorCode.TOO_MANY_ROOMS,
+                f"This connection is in {len(self.rooms)} rooms, the most allowed; leave one to join another.",
+            )
         room = await services.room_open(name=command.room, actor=self.actor)
         group = room.group_name
         # Subscribe before reading history, and hold live frames back until `joined`
@@ -256,6 +270,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         Synchronous on the server's fast path (no coroutine per recipient); otherwise
         returns the ASGI send for the hub to await.
         """
+        if group == self.session_group:
+            return self.close(code=p.CloseCode.LOGIN_REQUIRED)  # the session logged out
         if self.joining:
             held = self.joining.get(group)
             if held is not None:
@@ -275,6 +291,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 del self.rooms[name]
         self.history_floor.pop(group, None)
 
+    # --- abuse limits and logout (docs/protocol.md, "Limits") -------------------
+
+    async def open_within_limits(self) -> bool:
+        """Count this socket against its user's or session's limit; close it if over."""
+        limit = settings.CHAT_MAX_CONNECTIONS_PER_USER
+        # A client without a session cookie is an identity of its own: nothing to count.
+        if not limit or self.actor.key.startswith("conn:"):
+            return True
+        if not open_connections.acquire(self.actor.key, limit):
+            log.info("refused connection %s: %s has %d open", self.connection_id, self.actor.key, limit)
+            await self.close(code=p.CloseCode.TOO_MANY_CONNECTIONS)
+            return False
+        self.counted = True
+        return True
+
+    async def follow_session(self) -> None:
+        """Subscribe a logged-in socket to its session's group, where logging out is announced."""
+        session = self.scope.get("session")
+        if self.actor.user_id is None or session is None or not session.session_key:
+            return
+        self.session_group = session_group(session.session_key)
+        await self.hub.subscribe(self, self.session_group)
+
     async def send_event(self, event: dict[str, Any]) -> None:
         await self.send_text(p.encode(event))
 
@@ -291,3 +330,15 @@ def _ref_of(text: str | None) -> p.Ref:
         return p.read_ref(p.decode_frame(text, None))
     except p.ProtocolError:
         return None
+
+
+class EchoConsumer(AsyncWebsocketConsumer):
+    """Test only (CHAT_ECHO_ROUTE): every frame back verbatim, for the Autobahn conformance run."""
+
+    channel_layer_alias = "chat.no-per-socket-channel"  # no channel layer: nothing but echo
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is not None:
+            await self.send(text_data=text_data)
+        else:
+            await self.send(bytes_data=bytes_data)

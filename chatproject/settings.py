@@ -207,6 +207,21 @@ SESSION_COOKIE_SECURE = not DEBUG and env_bool("SECURE_COOKIES", True)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Django's defaults, written out because tests and docs/reliability.md rely on them.
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# HTTPS: browsers honour HSTS only from a response over HTTPS, and SecurityMiddleware
+# sends it only then, so a year's HSTS is harmless on a plain-HTTP development server.
+SECURE_HSTS_SECONDS = int(env_number("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is a promise for the whole domain, hard to take back: the owner's decision.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Off by default: a TLS proxy in front usually redirects itself, and this server may be
+# reached over plain HTTP on a private network. Behind a proxy, use `serve --proxy-headers`.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+# security.W021 asks for SECURE_HSTS_PRELOAD, left to the owner (docs/deployment.md).
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -244,6 +259,15 @@ CHAT_MAX_MESSAGE_CHARS = int(env_number("CHAT_MAX_MESSAGE_CHARS", 4000, minimum=
 CHAT_MAX_FRAME_BYTES = int(env_number("CHAT_MAX_FRAME_BYTES", 64 * 1024, minimum=1024))
 CHAT_RATE_LIMIT = env_number("CHAT_RATE_LIMIT", 20, integer=False)
 CHAT_SERVER_EVENTS_INTERVAL = env_number("CHAT_SERVER_EVENTS_INTERVAL", 10, integer=False)
+# Abuse limits (docs/protocol.md, "Limits"); 0 turns the first two off.
+# A person follows a handful of rooms; a hundred is generous, and bounds what one socket subscribes.
+CHAT_MAX_ROOMS_PER_CONNECTION = int(env_number("CHAT_MAX_ROOMS_PER_CONNECTION", 100))
+# Tabs and devices of one person, with room to spare; counted per process.
+CHAT_MAX_CONNECTIONS_PER_USER = int(env_number("CHAT_MAX_CONNECTIONS_PER_USER", 20))
+# Seconds a client has to send its whole handshake request before the server hangs up.
+CHAT_HANDSHAKE_TIMEOUT = env_number("CHAT_HANDSHAKE_TIMEOUT", 10, minimum=1, integer=False)
+# Test only: /ws/echo/ echoes every frame verbatim, for the Autobahn conformance run.
+CHAT_ECHO_ROUTE = env_bool("CHAT_ECHO_ROUTE", False)
 # Presence that heals: every process records a heartbeat this often, and one silent for
 # CHAT_WORKER_TIMEOUT is dead (killed, or cut off from the database): a live process then
 # removes its members. Four beats fit in the timeout, so one slow beat is no death.

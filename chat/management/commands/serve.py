@@ -69,7 +69,8 @@ def run_uvicorn(application: str, *, host: str, port: int, workers: int, proxy_h
         # restarts any that dies; each is a separate chat process (hub, heartbeat).
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        # httptools, with a deadline for the handshake request (CHAT_HANDSHAKE_TIMEOUT).
+        http="chat.handshake:HandshakeDeadlineProtocol",
         ws="chat.uvicorn_ws:ChatWebSocketProtocol",
         # Larger messages close the socket with 1009, before the application sees them.
         ws_max_size=settings.CHAT_MAX_FRAME_BYTES,
@@ -96,6 +97,8 @@ def run_daphne(application: str, *, host: str, port: int, proxy_headers: bool) -
     argv = ["--bind", host, "--port", str(port)]
     # Larger frames close the socket with 1009, before the application sees them.
     argv += ["--websocket-max-message-size", limit, "--websocket-max-frame-size", limit]
+    # Seconds from the connection to an accepted WebSocket (whole seconds: daphne's flag is an int).
+    argv += ["--websocket_connect_timeout", str(max(1, round(settings.CHAT_HANDSHAKE_TIMEOUT)))]
     if proxy_headers:
         argv.append("--proxy-headers")
     ChatCommandLine().run([*argv, application])

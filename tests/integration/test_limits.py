@@ -1,0 +1,208 @@
+"""Abuse limits: rooms per connection, connections per user or session, floods, slow handshakes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from websockets.asyncio.client import connect
+
+from chat.ratelimit import ConnectionCounter
+from chatproject.asgi import application
+from tests.conftest import connect as open_communicator
+from tests.consumers.helpers import (
+    cookie_header,
+    expect_error,
+    frame,
+    join,
+    logged_in_session,
+    login_session,
+    new_session,
+    request,
+)
+
+from .servers import TIMEOUT, Server, daphne_server, fresh_database, hello, receive
+
+# --- rooms per connection (in-process, through the real routing) ----------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_join_beyond_the_room_limit_is_too_many_rooms(settings):
+    """The join over CHAT_MAX_ROOMS_PER_CONNECTION is refused; rooms already joined still answer."""
+    settings.CHAT_MAX_ROOMS_PER_CONNECTION = 3
+    alice, _ = await open_communicator()
+    try:
+        for room in ("one", "two", "three"):
+            await join(alice, room)
+        error = await expect_error(alice, frame("join", room="four", ref="r4"), "too_many_rooms")
+        assert error["ref"] == "r4" and "leave one" in error["detail"]
+        again = await request(alice, frame("join", room="two"))
+        assert again["type"] == "joined" and again["rooms"] == ["one", "three", "two"]
+        left = await request(alice, frame("leave", room="one"))
+        assert left["type"] == "left"
+        await join(alice, "four")
+        assert await alice.receive_nothing()
+    finally:
+        await alice.disconnect()
+
+
+# --- connections per user or session --------------------------------------------
+
+
+async def refused_with_4429(headers) -> None:
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected  # accepted, so that a browser sees the close code
+    closed = await communicator.receive_output()
+    assert closed == {"type": "websocket.close", "code": 4429}, closed
+    await communicator.wait()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_over_its_connection_limit_is_closed_with_4429(settings):
+    """The socket over CHAT_MAX_CONNECTIONS_PER_USER is closed at once; closing one frees a place."""
+    settings.CHAT_MAX_CONNECTIONS_PER_USER = 2
+    headers = cookie_header(await new_session())
+    first, _ = await open_communicator(headers=headers)
+    second, _ = await open_communicator(headers=headers)
+    try:
+        await refused_with_4429(headers)
+        other, _ = await open_communicator(headers=cookie_header(await new_session()))
+        await other.disconnect()
+        await first.disconnect()
+        third, _ = await open_communicator(headers=headers)
+        await third.disconnect()
+    finally:
+        await second.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_users_sessions_share_one_connection_limit(settings):
+    """A logged-in user's sockets count together, whichever session opened them."""
+    settings.CHAT_MAX_CONNECTIONS_PER_USER = 2
+    first_session = await logged_in_session("alice")
+    second_session = await login_session("alice")
+    a, _ = await open_communicator(headers=cookie_header(first_session))
+    b, _ = await open_communicator(headers=cookie_header(second_session))
+    try:
+        await refused_with_4429(cookie_header(first_session))
+    finally:
+        await a.disconnect()
+        await b.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_clients_without_a_session_are_not_counted(settings):
+    """A client without a cookie is an identity of its own (a per-address limit belongs in the proxy)."""
+    settings.CHAT_MAX_CONNECTIONS_PER_USER = 1
+    sockets = [(await open_communicator())[0] for _ in range(3)]
+    for communicator in sockets:
+        await communicator.disconnect()
+
+
+def test_the_connection_counter_forgets_identities_with_no_sockets():
+    counter = ConnectionCounter()
+    assert counter.acquire("user:1", 2) and counter.acquire("user:1", 2)
+    assert not counter.acquire("user:1", 2)
+    counter.release("user:1")
+    assert counter.acquire("user:1", 2)
+    counter.release("user:1")
+    counter.release("user:1")
+    assert counter.counts == {}
+
+
+# --- a flooder next to a normal client, on the production server -----------------
+
+
+async def drain(socket_, seconds: float) -> list[dict]:
+    """Every frame that arrives within `seconds`."""
+    frames = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            frames.append(await receive(socket_, wait=left))
+        except TimeoutError:
+            break
+    return frames
+
+
+async def test_a_flooder_is_rate_limited_and_the_others_do_not_notice(chat_server):
+    """400 room messages at once: the flooder gets `rate_limited`, a neighbour's echo still answers
+    promptly, and the neighbour receives only the flooder's messages that were let through."""
+    flood = 400
+    async with connect(chat_server.ws_url) as flooder, connect(chat_server.ws_url) as neighbour:
+        flooder_name = (await hello(flooder))["user"]
+        await hello(neighbour)
+        for member in (neighbour, flooder):
+            await member.send(json.dumps(frame("join", room="flooded")))
+            assert (await receive(member))["type"] == "joined"
+        presences = [await receive(neighbour), await receive(neighbour), await receive(flooder)]
+        assert {p["type"] for p in presences} == {"presence"}
+
+        started = time.monotonic()
+        for n in range(flood):
+            await flooder.send(json.dumps(frame("room_message", room="flooded", data=f"spam {n}", ref=n)))
+
+        round_trips, relayed = [], []
+        for n in range(10):
+            sent = time.monotonic()
+            await neighbour.send(json.dumps(frame("echo", data=f"still here {n}", ref=f"e{n}")))
+            while True:
+                message = await receive(neighbour)
+                if message.get("ref") == f"e{n}":
+                    break
+                relayed.append(message)
+            round_trips.append(time.monotonic() - sent)
+            await asyncio.sleep(0.05)
+        relayed += await drain(neighbour, 0.5)
+        elapsed = time.monotonic() - started
+
+        replies = await drain(flooder, 2.0)
+        limited = [r for r in replies if r.get("code") == "rate_limited"]
+        accepted = [r for r in replies if r.get("type") == "message"]
+        assert len(limited) + len(accepted) == flood, replies[-3:]
+        assert limited and {r["ref"] for r in limited} <= set(range(flood))
+        # The neighbour: prompt echoes, and nothing but the messages the limiter let through.
+        assert max(round_trips) < 1.0, round_trips
+        assert all(m["type"] == "message" and m["kind"] == "room" for m in relayed), relayed[:3]
+        assert all(m["sender"] == flooder_name and "ref" not in m for m in relayed)
+        assert len(relayed) == len(accepted) <= 40 + 20 * elapsed + 1
+
+
+# --- slow handshakes and logging out, on a server of their own ----------------------
+
+HANDSHAKE_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory, migrated_database) -> Iterator[Server]:
+    """`manage.py serve` with a one-second handshake deadline."""
+    workdir = tmp_path_factory.mktemp("strict")
+    database = fresh_database(migrated_database, workdir)
+    with daphne_server(workdir, database, CHAT_HANDSHAKE_TIMEOUT=str(HANDSHAKE_TIMEOUT)) as server:
+        yield server
+
+
+def test_a_handshake_that_never_completes_is_cut_off(strict_server):
+    """A client that sends half a request and waits is disconnected after CHAT_HANDSHAKE_TIMEOUT."""
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=TIMEOUT) as raw:
+        raw.sendall(b"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+        started = time.monotonic()
+        assert raw.recv(1024) == b""  # closed by the server, without a response
+        waited = time.monotonic() - started
+    assert HANDSHAKE_TIMEOUT * 0.8 < waited < HANDSHAKE_TIMEOUT + 2, waited
+
+
+async def test_the_handshake_deadline_does_not_touch_open_sockets(strict_server):
+    """The deadline covers the request only: a socket open for longer goes on."""
+    url = f"ws://127.0.0.1:{strict_server.port}/ws/chat/"
+    async with connect(url) as client:
+        await hello(client)
+        await asyncio.sleep(HANDSHAKE_TIMEOUT * 1.5)
+        await client.send(json.dumps(frame("echo", data="later")))
+        assert (await receive(client))["data"] == "later"
