@@ -38,6 +38,16 @@ serve: $(VENV)/.requirements
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## autobahn: the Autobahn WebSocket cases against `manage.py serve` (docs/reliability.md)
+autobahn: $(VENV)/.requirements-dev
+	$(BIN)/python -m tests.conformance.autobahn $(AUTOBAHN_ARGS)
+
+## fuzz: the consumer's fuzz tests with many more examples (docs/reliability.md)
+fuzz: $(VENV)/.requirements-dev
+	CHAT_FUZZ_EXAMPLES=$${CHAT_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest tests/fuzz -s -p no:cacheprovider
+
+.PHONY: autobahn fuzz
+
 lint: $(VENV)/.requirements-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
