@@ -26,6 +26,12 @@ from .wire import FRAMES_EXTENSION, Outgoing, text_frame
 
 log = logging.getLogger(__name__)
 
+# A client that goes on sending after this many seconds' worth of refused frames in a
+# row (100 at the default 20 a second; at least FLOOD_CLOSE_MIN) is not reading its
+# errors: it is closed with 1008, so that the errors it ignores stop costing the server.
+FLOOD_CLOSE_SECONDS = 5
+FLOOD_CLOSE_MIN = 20
+
 db = database_sync_to_async
 
 
@@ -79,6 +85,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.write_frame = self.scope.get("extensions", {}).get(FRAMES_EXTENSION, {}).get("write")
         rate = settings.CHAT_RATE_LIMIT
         self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
+        self.refused_in_a_row = 0
+        self.flood_threshold = max(int(FLOOD_CLOSE_SECONDS * rate), FLOOD_CLOSE_MIN)
         self.session_group: str | None = None
         self.counted = False  # whether open_connections counts this socket
         self.actor = await actor_for_scope(self.scope, self.connection_id)
@@ -120,12 +128,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         command: p.Command | None = None
         try:
             if not self.limiter.allow():
+                self.refused_in_a_row += 1
+                if self.refused_in_a_row > self.flood_threshold:
+                    if self.refused_in_a_row == self.flood_threshold + 1:
+                        log.info("closing connection %s: it floods", self.connection_id)
+                        await self.close(code=p.CloseCode.POLICY_VIOLATION)
+                    return  # closing: the rest of the flood gets no answers
                 raise p.ProtocolError(
                     p.ErrorCode.RATE_LIMITED,
                     f"Too many messages: the limit is {settings.CHAT_RATE_LIMIT:g} a second. "
                     "This one was not processed; slow down and send it again.",
                     ref=_ref_of(text_data),
                 )
+            self.refused_in_a_row = 0
             command = p.parse_client_message(text_data, bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
             await getattr(self, self.handlers[type(command)])(command)
         except p.ProtocolError as error:

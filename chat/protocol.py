@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
 
 class CloseCode:
     NORMAL = 1000
+    POLICY_VIOLATION = 1008  # a flood that goes on after its rate_limited errors
     MESSAGE_TOO_BIG = 1009  # sent by the ASGI server itself, from CHAT_MAX_FRAME_BYTES
     LOGIN_REQUIRED = 4401  # also sent to a session's sockets when that session logs out
     ORIGIN_REFUSED = 4403

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 import pytest
 from channels.testing import WebsocketCommunicator
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from chat.consumers import FLOOD_CLOSE_MIN, FLOOD_CLOSE_SECONDS
 from chat.ratelimit import ConnectionCounter
 from chatproject.asgi import application
 from tests.conftest import connect as open_communicator
@@ -131,9 +133,10 @@ async def drain(socket_, seconds: float) -> list[dict]:
     return frames
 
 
-async def test_a_flooder_is_rate_limited_and_the_others_do_not_notice(chat_server):
-    """400 room messages at once: the flooder gets `rate_limited`, a neighbour's echo still answers
-    promptly, and the neighbour receives only the flooder's messages that were let through."""
+async def test_a_flooder_is_refused_then_closed_and_the_others_do_not_notice(chat_server):
+    """400 room messages at once: the flooder gets `rate_limited`, then a close with 1008; a
+    neighbour's echo answers promptly throughout, and the neighbour receives only the flooder's
+    messages that were let through and its departure."""
     flood = 400
     async with connect(chat_server.ws_url) as flooder, connect(chat_server.ws_url) as neighbour:
         flooder_name = (await hello(flooder))["user"]
@@ -162,16 +165,42 @@ async def test_a_flooder_is_rate_limited_and_the_others_do_not_notice(chat_serve
         relayed += await drain(neighbour, 0.5)
         elapsed = time.monotonic() - started
 
-        replies = await drain(flooder, 2.0)
+        replies = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                replies.append(await receive(flooder))
+        assert closed.value.rcvd.code == 1008
         limited = [r for r in replies if r.get("code") == "rate_limited"]
         accepted = [r for r in replies if r.get("type") == "message"]
-        assert len(limited) + len(accepted) == flood, replies[-3:]
-        assert limited and {r["ref"] for r in limited} <= set(range(flood))
-        # The neighbour: prompt echoes, and nothing but the messages the limiter let through.
+        assert len(limited) + len(accepted) == len(replies) < flood
+        assert len(limited) >= FLOOD_CLOSE_SECONDS * 20  # the default rate
+        assert len(accepted) <= 40 + 20 * elapsed + 1
+        print(
+            f"\nflood: {len(accepted)} accepted, {len(limited)} refused, then 1008; neighbour's echo "
+            f"round trips max {max(round_trips) * 1000:.0f} ms"
+        )
+        # The neighbour: prompt echoes, and nothing but what the limiter let through.
         assert max(round_trips) < 1.0, round_trips
-        assert all(m["type"] == "message" and m["kind"] == "room" for m in relayed), relayed[:3]
-        assert all(m["sender"] == flooder_name and "ref" not in m for m in relayed)
-        assert len(relayed) == len(accepted) <= 40 + 20 * elapsed + 1
+        messages = [m for m in relayed if m["type"] == "message"]
+        assert all(m["kind"] == "room" and m["sender"] == flooder_name and "ref" not in m for m in messages)
+        assert len(messages) == len(accepted)
+        others = [m for m in relayed if m["type"] != "message"]
+        assert [(m["type"], m["event"], m["user"]) for m in others] == [("presence", "leave", flooder_name)]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_flood_that_ignores_its_errors_is_closed_with_1008(settings):
+    """After FLOOD_CLOSE_MIN refused frames in a row the connection closes, and the rest get no answer."""
+    settings.CHAT_RATE_LIMIT = 1  # a burst of two
+    alice, _ = await open_communicator()
+    for n in range(2 + FLOOD_CLOSE_MIN + 10):
+        await alice.send_json_to(frame("ping", id=n))
+    answers = [await alice.receive_json_from() for _ in range(2 + FLOOD_CLOSE_MIN)]
+    assert [a["type"] for a in answers[:2]] == ["pong", "pong"]
+    assert {a.get("code") for a in answers[2:]} == {"rate_limited"}
+    assert await alice.receive_output() == {"type": "websocket.close", "code": 1008}
+    assert await alice.receive_nothing()
+    await alice.disconnect()
 
 
 # --- slow handshakes and logging out, on a server of their own ----------------------
