@@ -8,7 +8,7 @@
   const LATENCY_WINDOW = 30; // ...and averages the last 30 round trips
   const BACKOFF_FIRST_MS = 500; // first retry: quick, a restart often takes a second
   const BACKOFF_MAX_MS = 15000; // a server that comes back is found within 15 s
-  const STALE_AFTER_MS = 10000; // no pong for ten pings: the socket is dead, open or not
+  const STALE_AFTER_MS = 10000; // a ping unanswered this long: the socket is dead, open or not
   const HISTORY_PAGE = 200; // the protocol's largest `limit`: fewest round trips to catch up
   const LOG_LIMIT = 500; // entries kept on screen; older ones scroll away for good
   const LOGIN_REQUIRED = 4401; // guests are turned off: retrying cannot help
@@ -37,7 +37,7 @@
   let everOpen = false;
   let nextRef = 1;
   let nextPingId = 1;
-  let lastPongAt = 0;
+  let lastHeardAt = 0; // when the server last sent anything
   const requests = new Map(); // ref -> {type, room}: what each reply answers
   const pingsSent = new Map(); // ping id -> performance.now() when sent
   const rooms = new Set(); // the rooms to be in, kept across reconnects
@@ -88,7 +88,7 @@
       if (details[key] === undefined || details[key] === null) continue;
       item.dataset[key] = String(details[key]);
       if (key === "room") parts.push(`in ${details.room}`);
-      if (key === "sender") parts.push(`from ${details.sender}`);
+      if (key === "sender" && kind !== "presence") parts.push(`from ${details.sender}`);
     }
     meta.textContent = parts.join(" · ");
     const body = document.createElement("span");
@@ -213,10 +213,11 @@
         for (const old of history) deliver(old, "Missed");
         return;
       }
-      show("system", `Joined room ${message.room}` + (history.length ? `; the last ${history.length} messages:` : "."), {
-        room: message.room,
-      });
-      for (const old of history) deliver(old, "History");
+      // Joining again after leaving shows only what this page has not shown yet.
+      const unseen = history.filter((old) => old.id > (lastId.get(message.room) || 0));
+      const intro = unseen.length ? `; ${unseen.length} earlier message${unseen.length > 1 ? "s" : ""}:` : ".";
+      show("system", `Joined room ${message.room}${intro}`, { room: message.room });
+      for (const old of unseen) deliver(old, "History");
       if (asked) fillRoomInputs(message.room);
     },
     left(message) {
@@ -255,7 +256,6 @@
       }
     },
     pong(message) {
-      lastPongAt = Date.now();
       const sentAt = pingsSent.get(message.id);
       if (sentAt === undefined) return;
       pingsSent.delete(message.id);
@@ -276,6 +276,7 @@
   };
 
   function receive(event) {
+    lastHeardAt = Date.now();
     let message;
     try {
       message = JSON.parse(event.data);
@@ -313,7 +314,7 @@
     client.attempts = 0;
     if (everOpen) client.reconnects++;
     everOpen = true;
-    lastPongAt = Date.now();
+    lastHeardAt = Date.now();
     setState("connected");
     send({ type: "echo", data: "I'm connected!" }); // as the demo does
     for (const room of rooms) rejoin(room);
@@ -322,7 +323,11 @@
   }
 
   function ping() {
-    if (Date.now() - lastPongAt > STALE_AFTER_MS) {
+    // Compared with the oldest unanswered ping, not with the clock alone: a background
+    // tab's timers may fire only once a minute, while its socket is perfectly fine.
+    const now = performance.now();
+    const oldest = pingsSent.size ? Math.min(...pingsSent.values()) : now;
+    if (now - oldest > STALE_AFTER_MS && Date.now() - lastHeardAt > STALE_AFTER_MS) {
       // Open on this side, gone on the other (a laptop that slept, a dead NAT entry).
       const stale = socket;
       socket = null;
@@ -330,8 +335,9 @@
       onClose({ code: 1006 });
       return;
     }
+    for (const [id, sentAt] of pingsSent) if (now - sentAt > STALE_AFTER_MS) pingsSent.delete(id);
     const id = nextPingId++;
-    pingsSent.set(id, performance.now());
+    pingsSent.set(id, now);
     send({ type: "ping", id });
   }
 

@@ -80,9 +80,11 @@ def migrated_database(tmp_path_factory) -> Path:
     return database
 
 
-def start_server(workdir: Path, database: Path, port: int) -> Server:
+def start_server(
+    workdir: Path, database: Path, port: int, *, events_interval: str = SERVER_EVENTS_INTERVAL
+) -> Server:
     """`manage.py runserver` as `make run` starts it (DEBUG on), on the given port."""
-    env = server_env(database, DEBUG="true", CHAT_SERVER_EVENTS_INTERVAL=SERVER_EVENTS_INTERVAL)
+    env = server_env(database, DEBUG="true", CHAT_SERVER_EVENTS_INTERVAL=events_interval)
     log = workdir / f"runserver-{port}-{len(list(workdir.glob('*.log')))}.log"
     process = spawn(daphne_command(port, launcher="runserver", check=False), env=env, log=log)
     server = Server(port=port, process=process, log=log)

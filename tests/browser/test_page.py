@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,8 @@ except ImportError:  # the `browser` fixture skips (or fails, in CI) and says wh
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-horse-battery-staple"
 XSS = "<img src=x onerror=alert(1)>"
+FOR_README = os.environ.get("CHAT_SCREENSHOT", "")
+LATENCY_POINTS = 30 if FOR_README else 3
 
 
 def unique(prefix: str) -> str:
@@ -54,7 +57,7 @@ def test_broadcast_from_one_person_reaches_the_other(people):
     expect(alice.log("broadcast")).to_have_text(["Received #2: hello, everyone"])
 
 
-def test_rooms_join_talk_leave_and_close(people, screenshot_path):
+def test_rooms_join_talk_leave_and_close(people):
     """Join, presence counts, send to room, leave, and a close refused to one and done by its creator."""
     alice, bob = people(), people()
     room = unique("lobby")
@@ -72,8 +75,8 @@ def test_rooms_join_talk_leave_and_close(people, screenshot_path):
     for person in (alice, bob):
         expect(person.log("room", room)).to_have_text(["Received #2: hi bob", "Received #2: hi alice"])
     expect(bob.page.locator(f"#log li[data-kind='room'][data-sender='{alice.name}']")).to_have_count(1)
-    alice.submit("broadcast-form", data="mid-conversation")
-    alice.page.screenshot(path=screenshot_path)
+    alice.submit("broadcast-form", data="and everyone else")
+    expect(bob.log("broadcast").last).to_have_text("Received #3: and everyone else")
 
     bob.submit("leave-form", room=room)
     expect(bob.page.locator("#rooms li")).to_have_count(0)
@@ -211,7 +214,7 @@ def test_the_page_keeps_to_its_content_security_policy(people, chat_server):
     assert alice.page.evaluate("getComputedStyle(document.querySelector('.status')).borderRadius") != "0px"
 
 
-def test_every_input_is_labelled_and_the_page_fits_a_phone(people):
+def test_every_input_is_labelled_and_the_page_fits_a_phone(people, tmp_path):
     alice = people(viewport={"width": 360, "height": 740})
     inputs = alice.page.locator("main input")
     assert inputs.count() == 7
@@ -231,14 +234,19 @@ def test_every_input_is_labelled_and_the_page_fits_a_phone(people):
     ):
         expect(alice.page.get_by_role("button", name=button, exact=True)).to_be_visible()
     assert alice.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    clipped = alice.page.evaluate(
+        "[...document.querySelectorAll('button')].filter(b => b.scrollWidth > b.clientWidth).map(b => b.textContent)"
+    )
+    assert clipped == []
+    alice.page.screenshot(path=tmp_path / "phone.png", full_page=True)  # for a person to look at
 
 
 @pytest.fixture(scope="module")
 def screenshot_path(tmp_path_factory) -> Path:
-    """Where the mid-conversation screenshot goes; CHAT_SCREENSHOT=docs/screenshot.png refreshes the README's."""
-    configured = os.environ.get("CHAT_SCREENSHOT")
-    if configured:
-        return ROOT / configured
+    """Where the mid-conversation screenshot goes: CHAT_SCREENSHOT=docs/screenshot.png refreshes
+    the README's picture; otherwise pytest's temporary directory, so a run leaves the tree clean."""
+    if FOR_README:
+        return ROOT / FOR_README
     return tmp_path_factory.mktemp("screenshots") / "screenshot.png"
 
 
@@ -283,5 +291,52 @@ def test_page_reconnects_after_a_restart_and_shows_what_it_missed(people, tmp_pa
         expect(alice.log("room", room)).to_have_text([*expected, "Received #5: after"])
         assert alice.page.evaluate("[window.chatClient.reconnects, window.chatClient.recovered]")[0] == 1
         expect(alice.page.locator(f"#rooms li[data-room='{room}']")).to_have_count(1)
+    finally:
+        stop(server.process)
+
+
+def test_screenshot_mid_conversation(people, tmp_path, migrated_database, screenshot_path):
+    """The page as a person sees it after `make run` (server events every 10 s), saved as an image."""
+    database = fresh_database(migrated_database, tmp_path)
+    server = start_server(tmp_path, database, free_port(), events_interval="10")
+    try:
+        alice, bob = people(server), people(server)
+        # A chart with a line worth looking at; a full one for the README's picture.
+        alice.wait_for(f"window.chatClient.latencies.length >= {LATENCY_POINTS}", timeout=40_000)
+        alice.join("lobby")
+        bob.join("lobby")
+        bob.submit("echo-form", data="testing, testing")
+        alice.submit("broadcast-form", data="Hello, everyone!")
+        bob.submit("room-message-form", data="Hi Alice, the lobby is quiet today.")
+        alice.submit("room-message-form", data=f"Try this: {XSS}")
+        expect(alice.log("room", "lobby")).to_have_count(2)
+        expect(alice.page.locator("#rooms li .members")).to_have_text("2 connected")
+        alice.page.screenshot(path=screenshot_path)
+        assert screenshot_path.stat().st_size > 10_000
+    finally:
+        stop(server.process)
+
+
+def test_a_server_that_stops_answering_is_noticed_and_left(people, tmp_path, migrated_database):
+    """A socket that stays open but answers no ping (a frozen server, a dead NAT entry) is
+    given up after ten seconds; the page reconnects once the server answers again."""
+    database = fresh_database(migrated_database, tmp_path)
+    server = start_server(tmp_path, database, free_port())
+    try:
+        alice, bob = people(server), people(server)
+        alice.join("frozen")
+        bob.join("frozen")
+        os.killpg(server.process.pid, signal.SIGSTOP)  # TCP stays up; nothing answers
+        try:
+            alice.wait_for("window.chatClient.state === 'reconnecting'", timeout=20_000)
+        finally:
+            os.killpg(server.process.pid, signal.SIGCONT)
+        alice.wait_ready(timeout=30_000)
+        alice.wait_for("window.chatClient.members['frozen'] !== undefined")  # rejoined
+        bob.wait_ready(timeout=30_000)
+        bob.submit("room-message-form", data="still here?")
+        expect(alice.log("room", "frozen")).to_have_text(
+            [re.compile(r"(Received #\d+|Missed): still here\?")]
+        )
     finally:
         stop(server.process)
