@@ -25,6 +25,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import skip_or_fail
+from tests.unit.test_deploy import local_nginx_conf
 
 from .servers import (
     PYTHON,
@@ -333,6 +334,44 @@ def server_prefix(server: Server) -> str:
         if item.startswith(b"CHAT_CHANNEL_PREFIX="):
             return item.split(b"=", 1)[1].decode()
     raise AssertionError("the server has no CHAT_CHANNEL_PREFIX")
+
+
+async def test_nginx_config_spreads_one_chat_over_both_workers(tmp_path, pair):
+    """deploy/nginx.conf, run by a real nginx in front of both workers, upgrades WebSockets,
+    forwards the Host that ALLOWED_HOSTS checks, and serves the page and its static files."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        skip_or_fail("nginx is not installed (apt-get install nginx-core)")
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(local_nginx_conf(port=port, upstreams=[s.port for s in pair], cache=tmp_path / "cache"))
+    # As root, nginx's workers would otherwise be `nobody`, locked out of pytest's private tmp.
+    user = "user root; " if os.geteuid() == 0 else ""
+    args = [nginx, "-p", str(tmp_path), "-c", str(conf), "-g", f"{user}daemon off; pid {tmp_path}/nginx.pid;"]
+    process = spawn(args, env=dict(os.environ), log=tmp_path / "nginx.log")
+    proxy = Server(port=port, process=process, log=tmp_path / "nginx.log")
+    try:
+        wait_until_healthy(proxy)
+        status, _headers, page = proxy.get("/")
+        assert status == 200 and b"chat.js" in page
+        status, headers, _body = proxy.get("/static/chat/chat.js")
+        assert status == 200 and headers["x-cache-status"] == ["MISS"]
+        status, headers, _body = proxy.get("/static/chat/chat.js")
+        assert status == 200 and headers["x-cache-status"] == ["HIT"]
+
+        origin = {"Origin": f"http://localhost:{port}"}  # as a browser on the proxy's address
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(connect(proxy.ws_url, additional_headers=origin))
+                for _ in range(4)
+            ]
+            for ws in clients:
+                await hello(ws)
+            await send(clients[0], type="broadcast", data="through nginx", ref=1)
+            for ws in clients:
+                await until(ws, lambda f: f.get("data") == "through nginx")
+    finally:
+        stop(process)
 
 
 def worker_processes(pid: int) -> set[int]:
