@@ -11,7 +11,14 @@
   const STALE_AFTER_MS = 10000; // a ping unanswered this long: the socket is dead, open or not
   const HISTORY_PAGE = 200; // the protocol's largest `limit`: fewest round trips to catch up
   const LOG_LIMIT = 500; // entries kept on screen; older ones scroll away for good
-  const LOGIN_REQUIRED = 4401; // guests are turned off: retrying cannot help
+  const LOGIN_REQUIRED = 4401; // logged out (in this tab or another), or guests are off
+  const RELOAD_KEY = "chat-reloaded-for-login"; // sessionStorage: reload once, never in a loop
+  // Closes worth telling a person about; each is retried with the usual backoff.
+  const CLOSE_REASONS = {
+    1008: "The server closed the connection: too many messages too fast.",
+    1009: "The server closed the connection: a message was too big.",
+    4429: "Too many open connections for you: close another tab of this chat.",
+  };
 
   const $ = (id) => document.getElementById(id);
   const config = JSON.parse($("chat-config").textContent);
@@ -350,10 +357,10 @@
     client.members = {};
     renderRooms();
     if (event.code === LOGIN_REQUIRED) {
-      setState("login-required", "log in to chat");
-      show("system", "This chat is for members: log in or sign up to join it.");
+      loginRequired();
       return;
     }
+    if (Object.hasOwn(CLOSE_REASONS, event.code)) show("error", CLOSE_REASONS[event.code]);
     if (stoppedByUser) {
       // Disconnect means leaving: the server has dropped this socket's rooms.
       setRooms([]);
@@ -362,6 +369,20 @@
     }
     if (client.attempts === 0 && everOpen) show("system", "Connection lost; reconnecting…");
     scheduleReconnect();
+  }
+
+  // The session is no longer who this page says (it logged out), or guests are off:
+  // the server decides what this person sees now, so load the page again, once.
+  function loginRequired() {
+    const last = Number(sessionStorage.getItem(RELOAD_KEY) || 0);
+    if (Date.now() - last > 30000) {
+      sessionStorage.setItem(RELOAD_KEY, String(Date.now()));
+      setState("login-required", "logged out; reloading…");
+      location.reload();
+      return;
+    }
+    setState("login-required", "log in to chat");
+    show("system", "This chat needs you to log in: log in or sign up, then come back.");
   }
 
   function scheduleReconnect() {

@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.servers import free_port, fresh_database, stop
 
-from .conftest import start_server
+from .conftest import Person, start_server
 
 try:
     from playwright.sync_api import expect
@@ -156,7 +156,12 @@ def test_sign_up_log_out_and_log_in_chat_under_the_username(people):
     carol.submit("broadcast-form", data="signed up")
     expect(bob.page.locator(f"#log li[data-kind='broadcast'][data-sender='{username}']")).to_have_count(1)
 
+    other_tab = Person(page=carol.page.context.new_page(), base_url=carol.base_url).open().page
+    expect(other_tab.locator("#display-name")).to_have_text(username)  # the same session
     carol.page.get_by_role("button", name="Log out").click()
+    # The server closes the session's other sockets (4401): that tab reloads as a guest.
+    expect(other_tab.locator("#display-name")).to_have_text(re.compile(r"^guest-"), timeout=10_000)
+    expect(other_tab.locator("#status")).to_have_text("connected")
     carol.wait_ready()
     expect(carol.page.locator("#display-name")).to_have_text(re.compile(r"^guest-"))  # back to the chat
     carol.page.get_by_role("link", name="Log in").first.click()
