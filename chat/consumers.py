@@ -107,7 +107,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Leave every room, so the other members see this socket go, whatever happens here."""
         if self.counted:
             self.counted = False
-            open_connections.release(self.actor.key)
+            await open_connections.release(self.actor.key, self.connection_id)
         if self.hub is None:
             return
         try:
@@ -314,7 +314,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # A client without a session cookie is an identity of its own: nothing to count.
         if not limit or self.actor.key.startswith("conn:"):
             return True
-        if not open_connections.acquire(self.actor.key, limit):
+        if not await open_connections.acquire(self.actor.key, self.connection_id, limit):
             log.info("refused connection %s: %s has %d open", self.connection_id, self.actor.key, limit)
             await self.close(code=p.CloseCode.TOO_MANY_CONNECTIONS)
             return False

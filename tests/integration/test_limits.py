@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,9 +16,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from chat.consumers import FLOOD_CLOSE_MIN, FLOOD_CLOSE_SECONDS
-from chat.ratelimit import ConnectionCounter
+from chat.ratelimit import ConnectionCounter, SharedConnectionCounter
 from chatproject.asgi import application
 from tests.conftest import connect as open_communicator
+from tests.conftest import skip_or_fail
 from tests.consumers.helpers import (
     cookie_header,
     expect_error,
@@ -28,7 +31,16 @@ from tests.consumers.helpers import (
     request,
 )
 
-from .servers import TIMEOUT, Server, daphne_server, fresh_database, hello, receive
+from .servers import (
+    TIMEOUT,
+    Server,
+    daphne_server,
+    free_port,
+    fresh_database,
+    hello,
+    receive,
+    session_cookie,
+)
 
 # --- rooms per connection (in-process, through the real routing) ----------------
 
@@ -235,3 +247,94 @@ async def test_the_handshake_deadline_does_not_touch_open_sockets(strict_server)
         await asyncio.sleep(HANDSHAKE_TIMEOUT * 1.5)
         await client.send(json.dumps(frame("echo", data="later")))
         assert (await receive(client))["data"] == "later"
+
+
+# --- connections per user across processes, in Redis ---------------------------------
+
+REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
+
+
+@pytest.fixture(scope="module")
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this run's own in the test Redis; its keys are deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        client.close()
+        skip_or_fail(f"Redis is not running at {REDIS_URL} ({error}); start it or set REDIS_TEST_URL")
+    prefix = f"chat-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+@pytest.mark.needs_redis
+async def test_the_shared_count_holds_across_processes_and_forgets_dead_ones(redis_prefix):
+    """Two counters (two processes) share one limit; a process that stops renewing stops counting."""
+    first = SharedConnectionCounter(REDIS_URL, redis_prefix, ttl=1)
+    second = SharedConnectionCounter(REDIS_URL, redis_prefix, ttl=1)
+    assert await first.acquire("user:1", "a", 2)
+    assert await second.acquire("user:1", "b", 2)
+    assert not await second.acquire("user:1", "c", 2)
+    assert await second.acquire("user:2", "d", 2)  # another identity has its own count
+    await second.release("user:1", "b")
+    assert await second.acquire("user:1", "c", 2)
+    # `first` dies: its renewer stops, and its socket stops counting once its entry expires.
+    for state in first._per_loop.values():
+        state.renewer.cancel()
+    await asyncio.sleep(2.2)  # ttl 1 s, on Redis's clock of whole seconds
+    assert await second.acquire("user:1", "e", 2)  # c (renewed) and e
+    assert not await second.acquire("user:1", "f", 2)
+
+
+@pytest.mark.needs_redis
+async def test_renewal_keeps_open_sockets_counted(redis_prefix):
+    counter = SharedConnectionCounter(REDIS_URL, redis_prefix + "-renew", ttl=1)
+    assert await counter.acquire("user:1", "a", 1)
+    await asyncio.sleep(2.5)  # several renewals (every ttl/3)
+    assert not await counter.acquire("user:1", "b", 1)
+
+
+async def test_without_redis_each_process_counts_for_itself():
+    """Redis unreachable: the count falls back to this process, and the limit still holds."""
+    counter = SharedConnectionCounter(f"redis://127.0.0.1:{free_port()}/0", "chat-down")
+    assert await counter.acquire("user:1", "a", 1)
+    assert not await counter.acquire("user:1", "b", 1)
+    await counter.release("user:1", "a")
+    assert await counter.acquire("user:1", "b", 1)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, migrated_database, redis_prefix) -> Iterator[tuple[Server, Server]]:
+    """Two `manage.py serve` processes on one database and one Redis, two sockets per identity."""
+    workdir = tmp_path_factory.mktemp("shared-limit")
+    database = fresh_database(migrated_database, workdir)
+    env = {"REDIS_URL": REDIS_URL, "CHAT_CHANNEL_PREFIX": redis_prefix, "CHAT_MAX_CONNECTIONS_PER_USER": "2"}
+    with daphne_server(workdir, database, **env) as first, daphne_server(workdir, database, **env) as second:
+        yield first, second
+
+
+@pytest.mark.needs_redis
+async def test_a_sessions_connection_limit_holds_across_workers(two_workers):
+    """One socket on each worker is the limit of two: a third, on either, is closed with 4429."""
+    first, second = two_workers
+    _status, headers, _body = first.get("/")
+    cookie = {"Cookie": session_cookie(headers)}
+    async with (
+        connect(first.ws_url, additional_headers=cookie) as a,
+        connect(second.ws_url, additional_headers=cookie) as b,
+    ):
+        await hello(a)
+        await hello(b)
+        async with connect(first.ws_url, additional_headers=cookie) as refused:
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(refused)
+            assert closed.value.rcvd.code == 4429
+    async with connect(second.ws_url, additional_headers=cookie) as again:
+        await hello(again)
