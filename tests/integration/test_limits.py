@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -34,13 +36,18 @@ from tests.consumers.helpers import (
 from .servers import (
     TIMEOUT,
     Server,
+    cookie_value,
     daphne_server,
     free_port,
     fresh_database,
     hello,
     receive,
+    run_manage,
+    server_env,
     session_cookie,
 )
+
+PASSWORD = "correct-horse-battery-staple"
 
 # --- rooms per connection (in-process, through the real routing) ----------------
 
@@ -315,6 +322,9 @@ def two_workers(tmp_path_factory, migrated_database, redis_prefix) -> Iterator[t
     """Two `manage.py serve` processes on one database and one Redis, two sockets per identity."""
     workdir = tmp_path_factory.mktemp("shared-limit")
     database = fresh_database(migrated_database, workdir)
+    create = f"from django.contrib.auth.models import User; User.objects.create_user('alice', password={PASSWORD!r})"
+    result = run_manage("shell", "-c", create, env=server_env(database))
+    assert result.returncode == 0, result.stderr
     env = {"REDIS_URL": REDIS_URL, "CHAT_CHANNEL_PREFIX": redis_prefix, "CHAT_MAX_CONNECTIONS_PER_USER": "2"}
     with daphne_server(workdir, database, **env) as first, daphne_server(workdir, database, **env) as second:
         yield first, second
@@ -338,3 +348,55 @@ async def test_a_sessions_connection_limit_holds_across_workers(two_workers):
             assert closed.value.rcvd.code == 4429
     async with connect(second.ws_url, additional_headers=cookie) as again:
         await hello(again)
+
+
+def page_form_token(server: Server, cookie: str) -> tuple[str, str]:
+    """The chat page's CSRF token and the cookies to post it with."""
+    status, headers, body = server.get("/", cookie=cookie)
+    assert status == 200
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body.decode()).group(1)
+    return token, f"{cookie}; csrftoken={cookie_value(headers, 'csrftoken')}"
+
+
+def log_in(server: Server) -> str:
+    """Log alice in through the real form; returns the session cookie."""
+    status, headers, body = server.get("/accounts/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body.decode()).group(1)
+    form = urlencode({"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": token})
+    status, headers, _body = server.request(
+        "POST",
+        "/accounts/login/",
+        body=form,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"csrftoken={cookie_value(headers, 'csrftoken')}",
+        },
+    )
+    assert status == 302, status
+    return session_cookie(headers)
+
+
+@pytest.mark.needs_redis
+async def test_logging_out_on_one_worker_closes_the_sessions_sockets_on_every_worker(two_workers):
+    first, second = two_workers
+    cookie = log_in(first)
+    headers = {"Cookie": cookie}
+    async with (
+        connect(first.ws_url, additional_headers=headers) as a,
+        connect(second.ws_url, additional_headers=headers) as b,
+    ):
+        assert (await hello(a))["user"] == "alice"
+        assert (await hello(b))["user"] == "alice"
+        token, cookies = page_form_token(first, cookie)
+        form = urlencode({"csrfmiddlewaretoken": token})
+        status, _headers, _body = first.request(
+            "POST",
+            "/accounts/logout/",
+            body=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookies},
+        )
+        assert status == 302
+        for socket_ in (a, b):
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(socket_)
+            assert closed.value.rcvd.code == 4401
