@@ -183,7 +183,7 @@
     if (!client.ready) return false;
     if (message.type !== "ping") {
       message.ref = nextRef++;
-      requests.set(message.ref, { type: message.type, room: message.room });
+      requests.set(message.ref, { type: message.type, room: message.room, data: message.data });
     }
     socket.send(JSON.stringify(message));
     return true;
@@ -309,6 +309,12 @@
   function connect() {
     clearTimeout(retryTimer);
     stoppedByUser = false;
+    if (socket && socket.readyState <= WebSocket.OPEN) {
+      // An attempt still pending (the `online` event came first): one socket at a time.
+      const pending = socket;
+      socket = null;
+      pending.close();
+    }
     const opened = new WebSocket(url);
     socket = opened;
     opened.addEventListener("open", () => opened === socket && onOpen());
@@ -352,6 +358,15 @@
     client.ready = false;
     clearInterval(pingTimer);
     pingsSent.clear();
+    for (const asked of requests.values()) {
+      // Sent, but the socket went before it was confirmed as stored: say so, rather than
+      // send it again (and perhaps twice) or pretend it arrived.
+      if (asked.type === "broadcast" || asked.type === "room_message") {
+        show("error", `Not confirmed before the connection dropped: your ${asked.type.replace("_", " ")} "${asked.data}".`, {
+          room: asked.room,
+        });
+      }
+    }
     requests.clear();
     catchingUp.clear();
     client.members = {};

@@ -286,12 +286,22 @@ def test_page_reconnects_after_a_restart_and_shows_what_it_missed(people, tmp_pa
             ["Received #2: before the restart", *(f"Received #{n + 1}: {t}" for n, t in enumerate(missed, 1))]
         )
         assert alice.page.evaluate("window.chatClient.state") == "reconnecting"
+        # What Alice sends meanwhile waits for the connection, and goes after the catch-up.
+        alice.submit("room-message-form", data="typed while away")
+        expect(alice.log("system").last).to_have_text(
+            re.compile("^Not connected: your room message will be sent")
+        )
 
         alice.page.context.set_offline(False)
         alice.wait_ready(timeout=30_000)
         expect(alice.page.locator("#status")).to_have_text("connected")
-        expected = ["Received #2: before the restart", *(f"Missed: {text}" for text in missed)]
+        expected = [
+            "Received #2: before the restart",
+            *(f"Missed: {text}" for text in missed),
+            "Received #2: typed while away",
+        ]
         expect(alice.log("room", room)).to_have_text(expected)
+        expect(bob.log("room", room).last).to_have_text("Received #2: typed while away")
         bob.submit("room-message-form", data="after")
         expect(alice.log("room", room)).to_have_text([*expected, "Received #5: after"])
         assert alice.page.evaluate("[window.chatClient.reconnects, window.chatClient.recovered]")[0] == 1
