@@ -16,3 +16,22 @@ def check_channel_layer(app_configs, **kwargs):
             id="chat.E001",
         )
     ]
+
+
+@register(Tags.database)
+def check_database(app_configs, databases=None, **kwargs):
+    """Messages are stored with INSERT ... RETURNING (chat/services.py)."""
+    from django.db import connections
+
+    errors = []
+    for alias in databases or ():
+        features = connections[alias].features
+        if not features.can_return_columns_from_insert:
+            errors.append(
+                Error(
+                    f"The database {alias!r} cannot return columns from INSERT.",
+                    hint="Use PostgreSQL, or SQLite 3.35 or newer (Python's sqlite3.sqlite_version).",
+                    id="chat.E002",
+                )
+            )
+    return errors

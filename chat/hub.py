@@ -117,23 +117,23 @@ class Hub:
     # --- delivery ------------------------------------------------------------
 
     async def deliver(self, event: dict[str, Any]) -> None:
-        """Hand one encoded frame to every local socket in the event's group."""
+        """Hand the event's encoded frames, in order, to every local socket in its group."""
         group = event["group"]
         members = self.groups.get(group)
         if not members:
             return
-        outgoing, exclude, message_id = Outgoing(event["text"]), event.get("exclude"), event.get("id")
+        frames = [(Outgoing(text), exclude, message_id) for text, exclude, message_id in event["frames"]]
         closes = event.get("closes") is not None
         for connection in list(members):
             if closes:
                 members.discard(connection)
                 connection.forget_room(group)
-            if connection.connection_id == exclude:
-                continue
             try:
-                pending = connection.relay(group, message_id, outgoing)
-                if pending is not None:  # the plain ASGI path; the fast path is done already
-                    await pending
+                for outgoing, exclude, message_id in frames:
+                    if connection.connection_id != exclude:
+                        pending = connection.relay(group, message_id, outgoing)
+                        if pending is not None:  # the plain ASGI path; the fast path is done already
+                            await pending
             except Exception:  # one broken socket must not cost the others their message
                 log.exception("relay to %s failed", connection.connection_id)
         if closes:

@@ -14,19 +14,36 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_as_event(message: Message, *, room_name: str | None = None) -> dict[str, Any]:
-    """A stored message as the protocol shows it (without the sender's `count`)."""
+def message_event(
+    *, message_id: int, sender: str, ts: str, body: str, room_name: str | None
+) -> dict[str, Any]:
+    """A message as the protocol shows it (without the sender's `count`); no room: a broadcast."""
     event: dict[str, Any] = {
         "type": "message",
-        "kind": "room" if message.room_id else "broadcast",
-        "id": message.pk,
-        "sender": message.sender,
-        "ts": timestamp(message.created),
-        "data": message.body,
+        "kind": "room" if room_name is not None else "broadcast",
+        "id": message_id,
+        "sender": sender,
+        "ts": ts,
+        "data": body,
     }
-    if message.room_id:
-        event["room"] = room_name if room_name is not None else message.room.name
+    if room_name is not None:
+        event["room"] = room_name
     return event
+
+
+def message_as_event(message: Message, *, room_name: str | None = None) -> dict[str, Any]:
+    """A stored message as the protocol shows it (without the sender's `count`)."""
+    if message.room_id:
+        room_name = room_name if room_name is not None else message.room.name
+    else:
+        room_name = None
+    return message_event(
+        message_id=message.pk,
+        sender=message.sender,
+        ts=timestamp(message.created),
+        body=message.body,
+        room_name=room_name,
+    )
 
 
 def room_find(*, name: str) -> Room | None:

@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.auth import OriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.runtime import tune_gc  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -20,3 +21,6 @@ application = ProtocolTypeRouter(
         "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything a server needs is imported now; see chat/runtime.py.
+tune_gc()
