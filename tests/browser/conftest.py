@@ -59,8 +59,14 @@ def fresh_channel_layer():
     yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium, for one module at a time.
+
+    Not for the session: while sync Playwright runs, its event loop counts as running in
+    this thread, and every async test after it would fail with "Cannot run the event
+    loop while another loop is running".
+    """
     if sync_playwright is None:
         skip_or_fail("the browser tests need playwright: pip install -r requirements-dev.txt")
     if not Path(CHROMIUM).exists():
