@@ -35,6 +35,7 @@ class CloseCode:
     LOGIN_REQUIRED = 4401  # also sent to a session's sockets when that session logs out
     ORIGIN_REFUSED = 4403
     TOO_MANY_CONNECTIONS = 4429  # beyond CHAT_MAX_CONNECTIONS_PER_USER, like HTTP 429
+    TOO_SLOW = 4408  # stopped reading: more than CHAT_MAX_SEND_BUFFER_BYTES waited for it
 
 
 ROOM_NAME_MAX_CHARS = 64  # fits a tab label, and a name is never a paragraph

@@ -13,6 +13,11 @@ therefore waits, after each flush, as long as that flush took before it starts t
 next (capped at MAX_FLUSH_WAIT): an idle server writes at once, and a busy one gathers
 more frames into each write, spending at most about half its time writing.
 
+A client that stops reading cannot make the server hold its messages without bound:
+once more than CHAT_MAX_SEND_BUFFER_BYTES wait for it (beyond what the kernel holds),
+it is closed with 4408 and dropped SLOW_READER_GRACE seconds later if it does not read
+the close. It reconnects and catches up with `history since`; the others notice nothing.
+
 The protocol also makes an idle socket cheaper to hold (thousands of them are the
 common case): once the scope has the handshake's headers, the request and the sent
 101 response are dropped instead of living as long as the socket (4.3 KB a socket
@@ -22,18 +27,25 @@ with the benchmark's 11 headers; browsers send more).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
+from django.conf import settings
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from .protocol import CloseCode
 from .wire import FRAMES_EXTENSION
+
+log = logging.getLogger(__name__)
 
 # After a flush, wait this many times as long as it took: the flusher writes at most
 # 1 / (1 + factor) of the time, and a frame waits at most (1 + factor) flushes.
 FLUSH_WAIT_FACTOR = 1.0
 # The longest a frame waits for company; far below what a reader notices in a chat.
 MAX_FLUSH_WAIT = 0.025
+# A slow reader gets this long to read its close frame before the connection is cut.
+SLOW_READER_GRACE = 5.0
 
 
 class _Flusher:
@@ -88,7 +100,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def write_frame(self, frame: bytes) -> bool:
         """Queue a complete server frame; False when the socket can no longer take it."""
-        if self.close_sent or self.disconnected or not self.handshake_complete:
+        if self.close_sent or self.disconnected or not self.handshake_complete or self.transport.is_closing():
             return False
         if self._queued is None:
             self._queued = [frame]
@@ -101,6 +113,22 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         queued, self._queued = self._queued, None
         if queued and not self.transport.is_closing():
             self.transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+            if self.transport.get_write_buffer_size() > settings.CHAT_MAX_SEND_BUFFER_BYTES:
+                self.drop_slow_reader()
+
+    def drop_slow_reader(self) -> None:
+        """Close a socket that stopped reading, so its backlog stops growing."""
+        log.warning(
+            "closing %s:%s with %s: %d bytes wait for a client that stopped reading",
+            *(self.client or ("?", "?")),
+            CloseCode.TOO_SLOW,
+            self.transport.get_write_buffer_size(),
+        )
+        self.conn.fail(CloseCode.TOO_SLOW, "too slow: reconnect and catch up with history")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()  # once the backlog and the close frame are out
+        self.loop.call_later(SLOW_READER_GRACE, self.transport.abort)  # or now, if they never are
 
     async def send(self, message: Any) -> None:
         # Frames queued before a close (or any ASGI send) must go out before it.
