@@ -161,6 +161,8 @@ def _insert_messages(rows: list[tuple[int | None, str, int | None, str]], *, cre
     one trip into the database driver. The ids come back in the order of the rows, as
     Django's bulk_create also relies on.
     """
+    if not rows:
+        return []
     fields = [Message._meta.get_field(name) for name in _INSERT_FIELDS]
     quote = db_connection.ops.quote_name
     row_sql = "({})".format(", ".join(["%s"] * len(fields)))
@@ -183,19 +185,50 @@ def _insert_messages(rows: list[tuple[int | None, str, int | None, str]], *, cre
     return ids
 
 
+def _closed_rooms(posts: list[_Post]) -> set[int]:
+    """The rooms of these posts that were closed since their senders joined them.
+
+    Read in the batch's own write transaction, so a close either commits before it (and
+    the post is refused, as a close removed every member) or after the posts are stored.
+    """
+    room_ids = sorted({post.room.pk for post in posts if post.room is not None})
+    if not room_ids:
+        return set()
+    quote = db_connection.ops.quote_name
+    pk, closed = Room._meta.pk.column, Room._meta.get_field("closed").column
+    sql = "SELECT {} FROM {} WHERE {} IN ({}) AND {} IS NOT NULL".format(
+        quote(pk), quote(Room._meta.db_table), quote(pk), ", ".join(["%s"] * len(room_ids)), quote(closed)
+    )
+    with db_connection.cursor() as cursor:  # raw, like the INSERT: the ORM would cost more than both
+        cursor.execute(sql, room_ids)
+        return {room_id for (room_id,) in cursor.fetchall()}
+
+
 def _store_posts(posts: list[_Post]) -> Outcome:
+    """Store the posts that can be: each gets a Posted, or the ProtocolError that refused it."""
+    closed = _closed_rooms(posts)
+    accepted = [post for post in posts if post.room is None or post.room.pk not in closed]
     now = timezone.now()
     ids = _insert_messages(
         [
             (post.room.pk if post.room is not None else None, post.actor.name, post.actor.user_id, post.body)
-            for post in posts
+            for post in accepted
         ],
         created=now,
     )
+    stored = dict(zip(map(id, accepted), ids, strict=True))
     ts = selectors.timestamp(now)
     outcome = Outcome([], [])
-    for post, message_id in zip(posts, ids, strict=True):
+    for post in posts:
         room = post.room
+        message_id = stored.get(id(post))
+        if message_id is None:
+            outcome.value.append(
+                ProtocolError(
+                    ErrorCode.NOT_IN_ROOM, f"Room {room.name!r} was closed; join it again to reopen it."
+                )
+            )
+            continue
         event = selectors.message_event(
             message_id=message_id,
             sender=post.actor.name,
@@ -219,7 +252,7 @@ class _PostBatcher:
     """Stores the posts of one event loop in batches, then publishes them in order."""
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[_Post, asyncio.Future[Posted]]] = []
+        self.waiting: list[tuple[_Post, asyncio.Future[Posted]]] = []  # Posted, or a ProtocolError
         self.task: asyncio.Task[None] | None = None
 
     async def post(self, post: _Post) -> Posted:
@@ -241,9 +274,13 @@ class _PostBatcher:
                             future.set_exception(error)
                     continue
                 await _publish_committed(outcome.events)
-                for (_, future), posted in zip(batch, outcome.value, strict=True):
-                    if not future.done():
-                        future.set_result(posted)
+                for (_, future), result in zip(batch, outcome.value, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, ProtocolError):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
         finally:
             self.task = None
 

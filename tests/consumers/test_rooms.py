@@ -1,7 +1,10 @@
 """Rooms: join, leave, room messages, presence, closing, history and recovery."""
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
 
+from chat.models import Room
 from tests.consumers.helpers import (
     cookie_header,
     frame,
@@ -352,6 +355,22 @@ async def test_a_closed_room_keeps_its_history_and_reopens_with_the_same_creator
     closed = await request(alice, frame("close_room", room="den"))
     assert closed["type"] == "room_closed" and closed["by"] == alice_hello["user"]
     assert await bob.receive_json_from() == {"type": "room_closed", "room": "den", "by": alice_hello["user"]}
+
+
+async def test_a_message_racing_a_close_from_another_process_is_refused_and_not_stored(open_socket):
+    """The room was closed (on another worker, say) before the socket heard: `not_in_room`."""
+    alice, _ = await open_socket()
+    await join(alice, "race")
+    await post(alice, "race", "before")
+    # The close commits, but its room_closed event has not reached this process yet.
+    await sync_to_async(Room.objects.filter(name="race").update)(closed=timezone.now(), closed_by="elsewhere")
+
+    error = await request(alice, frame("room_message", room="race", data="after", ref=7))
+    assert error["type"] == "error" and error["code"] == "not_in_room" and error["ref"] == 7, error
+    history = await request(alice, frame("history", room="race"))
+    assert [m["data"] for m in history["messages"]] == ["before"]
+    echo = await request(alice, frame("echo", data="x"))
+    assert echo["count"] == 2, "the refused message moved the counter"
 
 
 async def test_another_guest_cannot_close_a_room(open_socket):
