@@ -26,6 +26,7 @@
 
   // What the tests (and a curious person in the console) can read.
   const client = (window.chatClient = {
+    url, // the socket's address: wss: under https, same host as the page
     ready: false, // true while the socket is open
     state: "connecting", // connecting, connected, reconnecting, disconnected, login-required
     user: null,

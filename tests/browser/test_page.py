@@ -217,6 +217,7 @@ def test_the_page_keeps_to_its_content_security_policy(people, chat_server):
     )
     assert scripts and all(url.startswith(chat_server.http_url + "/static/") for url in scripts)
     assert alice.page.evaluate("getComputedStyle(document.querySelector('.status')).borderRadius") != "0px"
+    assert alice.page.evaluate("window.chatClient.url") == chat_server.ws_url  # ws: under http
 
 
 def test_every_input_is_labelled_and_the_page_fits_a_phone(people, tmp_path):
@@ -355,3 +356,34 @@ def test_a_server_that_stops_answering_is_noticed_and_left(people, tmp_path, mig
         )
     finally:
         stop(server.process)
+
+
+# The WCAG contrast ratio of each element's text against the first opaque background behind it.
+CONTRAST = """
+selector => [...document.querySelectorAll(selector)].filter(e => e.offsetParent).map(element => {
+  const rgb = c => c.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => [r, g, b].map(v => {
+    v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  }).reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  let back = element;
+  while (back && rgb(getComputedStyle(back).backgroundColor)[3] === 0) back = back.parentElement;
+  const bg = luminance(rgb(back ? getComputedStyle(back).backgroundColor : "rgb(255, 255, 255)"));
+  const fg = luminance(rgb(getComputedStyle(element).color));
+  return [element.textContent.trim().slice(0, 30), (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05)];
+})
+"""
+
+
+def test_text_has_readable_contrast(people):
+    """Every kind of text on the page reaches WCAG AA's 4.5:1 against its background."""
+    alice = people()
+    room = unique("contrast")
+    alice.join(room)
+    alice.submit("room-message-form", data="hello")
+    alice.submit("leave-form", room="not-joined")
+    expect(alice.log("error")).to_have_count(1)
+    selectors = "label, button, a, #status, .meta, .text, .members, .room-name, p, h2, header strong"
+    ratios = alice.page.evaluate(CONTRAST, selectors)
+    assert len(ratios) > 20
+    low = [(text, round(ratio, 2)) for text, ratio in ratios if ratio < 4.5]
+    assert low == []
