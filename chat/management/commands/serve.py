@@ -99,6 +99,8 @@ def run_daphne(application: str, *, host: str, port: int, proxy_headers: bool) -
     argv += ["--websocket-max-message-size", limit, "--websocket-max-frame-size", limit]
     # Seconds from the connection to an accepted WebSocket (whole seconds: daphne's flag is an int).
     argv += ["--websocket_connect_timeout", str(max(1, round(settings.CHAT_HANDSHAKE_TIMEOUT)))]
+    # Daphne closes every WebSocket after a day by default; a chat socket lives until it leaves.
+    argv += ["--websocket_timeout", "-1"]
     if proxy_headers:
         argv.append("--proxy-headers")
     ChatCommandLine().run([*argv, application])
