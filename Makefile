@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# A PostgreSQL server (no database name) whose role may create databases; each run of
+# test-postgres uses a database named after its process id, so runs never share one.
+POSTGRES_TEST_SERVER ?= postgres://postgres:postgres@127.0.0.1:5432
 
-.PHONY: run serve test lint format clean
+.PHONY: run serve test test-sqlite test-postgres lint format clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed (set PYTHON=python3.x)"'
@@ -34,9 +37,24 @@ serve: $(VENV)/.requirements
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
-## test: lint, then the whole suite
-test: lint
+## test: lint, then the whole suite on SQLite, then again on PostgreSQL
+test: lint test-sqlite test-postgres
+
+test-sqlite: $(VENV)/.requirements-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-postgres: the whole suite on PostgreSQL (skipped without a server, except in CI)
+test-postgres: $(VENV)/.requirements-dev
+	@if $(BIN)/python -c 'import sys, psycopg; psycopg.connect(sys.argv[1] + "/postgres", connect_timeout=3).close()' \
+		'$(POSTGRES_TEST_SERVER)' 2>/dev/null; then \
+		echo "DATABASE_URL=$(POSTGRES_TEST_SERVER)/chat_$$$$ pytest $(PYTEST_ARGS)"; \
+		DATABASE_URL='$(POSTGRES_TEST_SERVER)'/chat_$$$$ POSTGRES_TEST_URL='$(POSTGRES_TEST_SERVER)/postgres' \
+			$(BIN)/python -m pytest $(PYTEST_ARGS); \
+	elif [ -n "$$CI$$CHAT_TESTS_REQUIRE_SERVICES" ]; then \
+		echo "PostgreSQL is not reachable at $(POSTGRES_TEST_SERVER); CI requires it (see .ci/run)"; exit 1; \
+	else \
+		echo "PostgreSQL is not reachable at $(POSTGRES_TEST_SERVER): the PostgreSQL run is skipped"; \
+	fi
 
 ## autobahn: the Autobahn WebSocket cases against `manage.py serve` (docs/reliability.md)
 autobahn: $(VENV)/.requirements-dev
