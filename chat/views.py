@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -70,12 +71,27 @@ def _database_ok() -> bool:
         return cursor.fetchone() == (1,)
 
 
+# The health probe's channel, one per event loop (process), made again after a failure.
+_probe_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, str] = weakref.WeakKeyDictionary()
+
+
 async def _channel_layer_ok() -> bool:
-    """Send a message to a fresh channel and read it back."""
+    """Send a message to this process's probe channel and read it back.
+
+    A fresh channel per probe leaked: the pub/sub layer keeps a Redis subscription for
+    every channel it makes until a receive on it is cancelled. The hub's prefix puts the
+    core layer's read of this channel on the hub's own blocking read of Redis, instead of
+    waiting up to 5 s behind it.
+    """
     layer = get_channel_layer()
-    channel = await layer.new_channel(prefix="chat.health")
+    loop = asyncio.get_running_loop()
+    # Taken out while in use: a probe that fails or times out leaves no channel behind
+    # (the pub/sub layer drops a channel whose receive is cancelled), and the next makes one.
+    channel = _probe_channels.pop(loop, None) or await layer.new_channel(prefix="chat.worker")
     await layer.send(channel, {"type": "health.probe"})
-    return (await layer.receive(channel)).get("type") == "health.probe"
+    ok = (await layer.receive(channel)).get("type") == "health.probe"
+    _probe_channels[loop] = channel
+    return ok
 
 
 async def _probe(check) -> str:
