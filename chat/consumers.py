@@ -6,7 +6,9 @@ and runs no query itself: storage lives in services and selectors, fan-out in th
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any, ClassVar
@@ -31,8 +33,22 @@ log = logging.getLogger(__name__)
 # errors: it is closed with 1008, so that the errors it ignores stop costing the server.
 FLOOD_CLOSE_SECONDS = 5
 FLOOD_CLOSE_MIN = 20
+# A connection's frames are handled one at a time, so those a client sends while one of
+# its requests waits on the server (a locked or slow database) queue up and then arrive
+# at the limiter all at once: a client that kept to the rate would be refused, then closed
+# as a flood. A wait longer than this many seconds (the burst absorbs shorter ones) lets
+# through as many extra frames as the rate allows for the time waited, within as long again.
+WAIT_CREDIT_MIN_SECONDS = 1.0
+
+# A socket that goes while the database is down cannot record that it left its rooms;
+# its process lives on, so no reaper would ever remove those memberships (ghost members,
+# and no `presence` leave for the others). The cleanup is retried until the database
+# takes it, waiting from the first delay, doubling up to the last.
+CLEANUP_RETRY_SECONDS = (1.0, 30.0)
 
 db = database_sync_to_async
+
+_cleanups: set[asyncio.Task[None]] = set()  # pending retries, kept from the garbage collector
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -86,6 +102,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         rate = settings.CHAT_RATE_LIMIT
         self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
         self.refused_in_a_row = 0
+        self.wait_credit = 0.0  # frames allowed beyond the bucket: they queued while a request waited
+        self.wait_credit_until = 0.0
         self.flood_threshold = max(int(FLOOD_CLOSE_SECONDS * rate), FLOOD_CLOSE_MIN)
         self.session_group: str | None = None
         self.counted = False  # whether open_connections counts this socket
@@ -116,9 +134,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 self.rooms.clear()
                 await services.connection_leave_all(actor=self.actor, connection=self.connection_id)
         except Exception:
-            log.exception(
-                "cleanup of connection %s failed; the heartbeat reaper will finish it", self.connection_id
-            )
+            log.exception("cleanup of connection %s failed; retrying until it succeeds", self.connection_id)
+            task = asyncio.create_task(_leave_all_until_done(self.actor, self.connection_id))
+            _cleanups.add(task)
+            task.add_done_callback(_cleanups.discard)
 
     # --- incoming frames ----------------------------------------------------
 
@@ -127,7 +146,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return  # refused at connect; the close is on its way
         command: p.Command | None = None
         try:
-            if not self.limiter.allow():
+            if not self.limiter.allow() and not self.spend_wait_credit():
                 self.refused_in_a_row += 1
                 if self.refused_in_a_row > self.flood_threshold:
                     if self.refused_in_a_row == self.flood_threshold + 1:
@@ -142,7 +161,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
             self.refused_in_a_row = 0
             command = p.parse_client_message(text_data, bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
-            await getattr(self, self.handlers[type(command)])(command)
+            started = time.monotonic()
+            try:
+                await getattr(self, self.handlers[type(command)])(command)
+            finally:
+                self.credit_wait(time.monotonic() - started)
         except p.ProtocolError as error:
             if command is not None:
                 # Raised by a handler or a service, which never see the request's ref.
@@ -308,6 +331,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- abuse limits and logout (docs/protocol.md, "Limits") -------------------
 
+    def credit_wait(self, waited: float) -> None:
+        """A request waited on the server: the frames sent meanwhile are not a flood."""
+        rate = settings.CHAT_RATE_LIMIT
+        if rate <= 0 or waited <= WAIT_CREDIT_MIN_SECONDS:
+            return
+        now = time.monotonic()
+        if now >= self.wait_credit_until:
+            self.wait_credit = 0.0
+        self.wait_credit += waited * rate
+        self.wait_credit_until = now + waited
+
+    def spend_wait_credit(self) -> bool:
+        if self.wait_credit >= 1 and time.monotonic() < self.wait_credit_until:
+            self.wait_credit -= 1
+            return True
+        return False
+
     async def open_within_limits(self) -> bool:
         """Count this socket against its user's or session's limit; close it if over."""
         limit = settings.CHAT_MAX_CONNECTIONS_PER_USER
@@ -338,6 +378,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.write_frame(text_frame(text.encode()))
         else:
             await self.send(text_data=text)
+
+
+async def _leave_all_until_done(actor: Any, connection: str) -> None:
+    """Take a departed socket out of its rooms once the database is back, announcing each leave."""
+    delay, longest = CLEANUP_RETRY_SECONDS
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await services.connection_leave_all(actor=actor, connection=connection)
+        except Exception as error:
+            delay = min(2 * delay, longest)
+            log.warning(
+                "cleanup of connection %s failed again (%r); next try in %g s", connection, error, delay
+            )
+        else:
+            log.info("cleanup of connection %s done after the database came back", connection)
+            return
 
 
 def _ref_of(text: str | None) -> p.Ref:
