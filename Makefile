@@ -64,7 +64,11 @@ autobahn: $(VENV)/.requirements-dev
 fuzz: $(VENV)/.requirements-dev
 	CHAT_FUZZ_EXAMPLES=$${CHAT_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest tests/fuzz -s -p no:cacheprovider
 
-.PHONY: autobahn fuzz
+## soak: bench/soak.py, 300 clients chatting for 10 minutes (docs/reliability.md; SOAK_ARGS="--minutes 1")
+soak: $(VENV)/.requirements-dev
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+.PHONY: autobahn fuzz soak
 
 lint: $(VENV)/.requirements-dev
 	$(BIN)/ruff check .
