@@ -14,12 +14,10 @@ import time
 import uuid
 import weakref
 from collections.abc import Awaitable
-from datetime import timedelta
 from typing import Any, Protocol
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.utils import timezone
 
 from . import services
 from .emitter import emit_server_events
@@ -63,6 +61,10 @@ class Hub:
 
     async def start(self) -> None:
         await services.worker_heartbeat(worker=self.worker_id)
+        if isinstance(self.layer, InMemoryChannelLayer):
+            # Nobody else can reach this layer, so this is the chat's only process: every
+            # other process on record is an earlier run of it, and its members are ghosts.
+            await services.workers_reap(silent_for=0, keep=self.worker_id)
         self.channel = await self.layer.new_channel(prefix="chat.worker")
         await self._sync_group(services.BROADCAST_GROUP)
         self._tasks.append(asyncio.create_task(self._receive_forever(), name="chat-hub-receive"))
@@ -258,10 +260,7 @@ class Hub:
 
 async def reap_silent_workers(*, silent_for: float) -> int:
     """Remove the members of processes silent for `silent_for` seconds, announcing each departure."""
-    # services.workers_reap measures silence against its own WORKER_TIMEOUT from `now`;
-    # shifting `now` makes the cutoff `silent_for` seconds ago instead.
-    shift = services.WORKER_TIMEOUT - timedelta(seconds=silent_for)
-    return await services.workers_reap(now=timezone.now() + shift)
+    return await services.workers_reap(silent_for=silent_for)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Hub]] = weakref.WeakKeyDictionary()

@@ -399,9 +399,6 @@ def connection_leave_all(*, actor: Actor, connection: str) -> Outcome:
 
 # --- Workers -------------------------------------------------------------------
 
-# A process that missed this many seconds of heartbeats is dead: its members go.
-WORKER_TIMEOUT = timedelta(seconds=60)
-
 
 @writes
 def worker_heartbeat(*, worker: str) -> Outcome:
@@ -410,11 +407,12 @@ def worker_heartbeat(*, worker: str) -> Outcome:
 
 
 @writes
-def workers_reap(*, now: Any = None) -> Outcome:
-    """Drop the members of processes that stopped beating, announcing each departure."""
-    cutoff = (now or timezone.now()) - WORKER_TIMEOUT
+def workers_reap(*, silent_for: float, keep: str | None = None) -> Outcome:
+    """Drop the members of processes silent for `silent_for` seconds (all but `keep` when 0),
+    announcing each departure."""
+    cutoff = timezone.now() - timedelta(seconds=silent_for)
     events = []
-    for worker in Worker.objects.filter(heartbeat__lt=cutoff):
+    for worker in Worker.objects.filter(heartbeat__lt=cutoff).exclude(id=keep or ""):
         for membership in Membership.objects.filter(worker=worker).select_related("room"):
             membership.delete()
             events.append(_presence(room=membership.room, event="leave", user=membership.user))

@@ -4,7 +4,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from chat.models import Room
+from chat.models import Membership, Room, Worker
+from tests.conftest import connect
 from tests.consumers.helpers import (
     cookie_header,
     frame,
@@ -299,6 +300,22 @@ async def test_presence_counts_connections(open_socket):
     await request(tab2, frame("join", room="den"))
     presence = await tab2.receive_json_from()
     assert presence["members"] == 2 and presence["user"] == "twotabs"
+
+
+async def test_a_restarted_single_process_server_forgets_the_members_of_its_earlier_run():
+    """Without Redis the server is one process: members left by its previous run are ghosts."""
+
+    def earlier_run() -> None:
+        room = Room.objects.create(name="den", creator_key="k", creator_name="someone")
+        old = Worker.objects.create(id="earlier-run", heartbeat=timezone.now())  # killed just now
+        Membership.objects.create(room=room, connection="old-socket", worker=old, user="ghost")
+
+    await sync_to_async(earlier_run)()
+    alice, _ = await connect()  # the first socket starts this run's hub
+    await join(alice, "den")
+    assert await sync_to_async(Membership.objects.filter(room__name="den").count)() == 1
+    assert not await sync_to_async(Worker.objects.filter(id="earlier-run").exists)()
+    await alice.disconnect()
 
 
 # --- close_room -----------------------------------------------------------------------
