@@ -284,8 +284,9 @@ def redis_prefix() -> Iterator[str]:
 @pytest.mark.needs_redis
 async def test_the_shared_count_holds_across_processes_and_forgets_dead_ones(redis_prefix):
     """Two counters (two processes) share one limit; a process that stops renewing stops counting."""
-    first = SharedConnectionCounter(REDIS_URL, redis_prefix, ttl=1)
-    second = SharedConnectionCounter(REDIS_URL, redis_prefix, ttl=1)
+    # A 3 s expiry renewed every second: a renewal can run 2 s late on a busy machine.
+    first = SharedConnectionCounter(REDIS_URL, redis_prefix, ttl=3)
+    second = SharedConnectionCounter(REDIS_URL, redis_prefix, ttl=3)
     assert await first.acquire("user:1", "a", 2)
     assert await second.acquire("user:1", "b", 2)
     assert not await second.acquire("user:1", "c", 2)
@@ -295,16 +296,16 @@ async def test_the_shared_count_holds_across_processes_and_forgets_dead_ones(red
     # `first` dies: its renewer stops, and its socket stops counting once its entry expires.
     for state in first._per_loop.values():
         state.renewer.cancel()
-    await asyncio.sleep(2.2)  # ttl 1 s, on Redis's clock of whole seconds
+    await asyncio.sleep(4.5)  # ttl 3 s, on Redis's clock of whole seconds
     assert await second.acquire("user:1", "e", 2)  # c (renewed) and e
     assert not await second.acquire("user:1", "f", 2)
 
 
 @pytest.mark.needs_redis
 async def test_renewal_keeps_open_sockets_counted(redis_prefix):
-    counter = SharedConnectionCounter(REDIS_URL, redis_prefix + "-renew", ttl=1)
+    counter = SharedConnectionCounter(REDIS_URL, redis_prefix + "-renew", ttl=3)
     assert await counter.acquire("user:1", "a", 1)
-    await asyncio.sleep(2.5)  # several renewals (every ttl/3)
+    await asyncio.sleep(4.5)  # past the expiry: only the renewals (every second) keep it
     assert not await counter.acquire("user:1", "b", 1)
 
 
