@@ -22,6 +22,17 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run the browser tests last.
+
+    Sync Playwright's event loop counts as running in this thread while a browser is
+    open; if a browser test fails before its module's browser closes, every async test
+    after it errors as well, and the one real failure is hard to find among them.
+    """
+    browser = [item for item in items if "/tests/browser/" in str(item.path)]
+    items[:] = [item for item in items if item not in browser] + browser
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """Many tests make users; the production hasher is slow on purpose."""
