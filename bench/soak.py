@@ -71,14 +71,22 @@ def _rss():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
+def _kinds(objects):
+    return collections.Counter(type(o).__name__ for o in objects).most_common(8)
+
 def _probe(signum, frame):
     before, started = _rss(), time.perf_counter()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what the collection finds unreachable, to count it
     freed = gc.collect()
     pause = time.perf_counter() - started
+    gc.set_debug(0)
+    garbage = _kinds(gc.garbage)
+    gc.garbage.clear()
+    gc.collect()  # now free it
     alive = gc.get_objects()
-    kinds = collections.Counter(type(o).__name__ for o in alive).most_common(8)
-    report = {"rss_before_kib": before, "freed": freed, "pause_ms": round(1000 * pause, 1),
-              "rss_after_kib": _rss(), "objects": len(alive), "most_common": kinds}
+    report = {"rss_before_kib": before, "freed": freed, "freed_most_common": garbage,
+              "pause_ms": round(1000 * pause, 1), "rss_after_kib": _rss(), "objects": len(alive),
+              "most_common": _kinds(alive)}
     del alive
     with open(os.environ["SOAK_GC_PROBE_OUT"], "a") as out:
         out.write(json.dumps(report) + "\\n")
@@ -180,15 +188,18 @@ class Server:
             self.process.wait(timeout=10)
 
 
-def start_server(workdir: Path, *, database_url: str | None, redis_url: str | None) -> Server:
+def start_server(
+    workdir: Path, *, database_url: str | None, redis_url: str | None, gc_probe: bool = True
+) -> Server:
     """Migrate the database, then `manage.py serve` on a free port, healthy or an error."""
     database_url = database_url or f"sqlite:///{workdir / 'soak.sqlite3'}"
     env = server_env(database_url, redis_url)
-    probe = workdir / "probe"
-    probe.mkdir()
-    (probe / "sitecustomize.py").write_text(GC_PROBE)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(probe), env.get("PYTHONPATH")]))
-    env["SOAK_GC_PROBE_OUT"] = str(workdir / "gc-probe.jsonl")
+    if gc_probe:
+        probe = workdir / "probe"
+        probe.mkdir()
+        (probe / "sitecustomize.py").write_text(GC_PROBE)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(probe), env.get("PYTHONPATH")]))
+        env["SOAK_GC_PROBE_OUT"] = str(workdir / "gc-probe.jsonl")
     # Without Redis, chat.E001 refuses the in-memory layer for production: one process
     # is exactly what this run wants.
     skip = [] if redis_url else ["--skip-checks"]
@@ -562,7 +573,8 @@ async def soak(args: argparse.Namespace, server: Server) -> dict[str, Any]:
 
     async def collect_at_the_middle() -> None:
         await asyncio.sleep(max(0.0, t0 + args.minutes * 30 - time.monotonic()))
-        collections["middle"] = await server.full_collection()
+        if args.gc_probe:
+            collections["middle"] = await server.full_collection()
 
     middle = asyncio.create_task(collect_at_the_middle())
     try:
@@ -571,7 +583,8 @@ async def soak(args: argparse.Namespace, server: Server) -> dict[str, Any]:
         failure = str(error)
     await middle
     await asyncio.sleep(DRAIN_SECONDS)
-    collections["end"] = await server.full_collection()
+    if args.gc_probe:
+        collections["end"] = await server.full_collection()
     elapsed = time.monotonic() - t0
     cpu1 = server.cpu_seconds()
     stop_sampling.set()
@@ -676,6 +689,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temporary directory")
     parser.add_argument("--redis-url", help="default: none (the in-memory channel layer, one process)")
     parser.add_argument("--max-growth", type=float, default=0.05, help="flat memory bound (default 0.05)")
+    parser.add_argument(
+        "--no-gc-probe",
+        dest="gc_probe",
+        action="store_false",
+        help="no full garbage collections at the middle and the end (see GC_PROBE)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, help="default: bench/results/soak-<date>.json")
     args = parser.parse_args(argv)
@@ -689,7 +708,9 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     out = args.out or RESULTS / f"soak-{started:%Y-%m-%d-%H%M%S}.json"
     with tempfile.TemporaryDirectory(prefix="chat-soak-") as tmp:
-        server = start_server(Path(tmp), database_url=args.database_url, redis_url=args.redis_url)
+        server = start_server(
+            Path(tmp), database_url=args.database_url, redis_url=args.redis_url, gc_probe=args.gc_probe
+        )
         try:
             # The whole run is bounded: chatting, a drain, and reading the history back.
             limit = args.minutes * 60 + 120 + args.clients
