@@ -21,6 +21,7 @@ from django.conf import settings
 
 from . import services
 from .emitter import emit_server_events
+from .protocol import CloseCode
 from .wire import Outgoing
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Connection(Protocol):
 
     def relay(self, group: str, message_id: int | None, outgoing: Outgoing) -> Awaitable[None] | None: ...
 
+    async def close(self, code: int) -> None: ...
+
     def forget_room(self, group: str) -> None: ...
 
 
@@ -56,6 +59,9 @@ class Hub:
         self._group_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self._layer_lost = asyncio.Event()  # set when the channel layer failed: rejoin groups
+        # Whether events may have gone missing since the layer last failed: once it is back,
+        # this process's sockets are closed so that their clients catch up (see _rejoin_layer_forever).
+        self._missed_events = False
         self._probes_sent = 0
         self._probes_seen = 0
 
@@ -149,7 +155,7 @@ class Hub:
                 raise
             except Exception:
                 log.exception("channel layer receive failed; retrying in %g s", LAYER_RETRY_SECONDS)
-                self._layer_lost.set()
+                self._layer_failed()
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
                 continue
             kind = event.get("type")
@@ -160,11 +166,19 @@ class Hub:
 
     # --- healing: Redis restarts, dead processes, this process cut off --------
 
+    def _layer_failed(self) -> None:
+        self._missed_events = True
+        self._layer_lost.set()
+
     async def _rejoin_layer_forever(self) -> None:
-        """After the channel layer failed, put this process's channel back in its groups.
+        """After the channel layer failed, put this process's channel back in its groups,
+        then close this process's sockets with 1012 so that their clients catch up.
 
         A Redis restarted without persistence has forgotten every group (the core
-        layer keeps them as keys); re-adding is harmless where it remembers them.
+        layer keeps them as keys); re-adding is harmless where it remembers them. While
+        the layer was down, events published meanwhile (by any process) reached nobody
+        here; a socket that stayed open would never learn of them. The close tells its
+        client to reconnect and ask `history since` its last id, as after any drop.
         """
         while True:
             await self._layer_lost.wait()
@@ -179,20 +193,34 @@ class Hub:
                 )
                 self._layer_lost.set()
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
-            else:
-                log.info("channel layer reachable again; %d group(s) rejoined", len(self._subscribed))
+                continue
+            log.info("channel layer reachable again; %d group(s) rejoined", len(self._subscribed))
+            if self._missed_events:
+                self._missed_events = False
+                await self._close_all(CloseCode.SERVICE_RESTART)
+
+    async def _close_all(self, code: int) -> None:
+        connections = list(self.groups.get(services.BROADCAST_GROUP, ()))
+        log.warning(
+            "closing %d socket(s) with %s so their clients catch up after the outage", len(connections), code
+        )
+        for connection in connections:
+            try:
+                await connection.close(code=code)
+            except Exception:  # one broken socket must not keep the others open
+                log.exception("could not close %s", connection.connection_id)
 
     async def _probe_layer(self) -> None:
         """Send this channel a probe; if the previous one never came back, rejoin the groups."""
         if self._probes_seen < self._probes_sent:
             log.warning("the channel layer lost a probe; rejoining this process's groups")
-            self._layer_lost.set()
+            self._layer_failed()
         self._probes_sent += 1
         try:
             await self.layer.send(self.channel, {"type": PROBE_EVENT, "seq": self._probes_sent})
         except Exception as error:
             log.warning("channel layer unavailable (%r)", error)
-            self._layer_lost.set()
+            self._layer_failed()
 
     async def _heartbeat_forever(self) -> None:
         """Beat, reap dead processes, and undo this process's own reaping if it happened.

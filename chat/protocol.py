@@ -32,6 +32,7 @@ class CloseCode:
     NORMAL = 1000
     POLICY_VIOLATION = 1008  # a flood that goes on after its rate_limited errors
     MESSAGE_TOO_BIG = 1009  # sent by the ASGI server itself, from CHAT_MAX_FRAME_BYTES
+    SERVICE_RESTART = 1012  # the channel layer was down: reconnect and catch up with `history since`
     LOGIN_REQUIRED = 4401  # also sent to a session's sockets when that session logs out
     ORIGIN_REFUSED = 4403
     TOO_MANY_CONNECTIONS = 4429  # beyond CHAT_MAX_CONNECTIONS_PER_USER, like HTTP 429

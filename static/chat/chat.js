@@ -17,6 +17,7 @@
   const CLOSE_REASONS = {
     1008: "The server closed the connection: too many messages too fast.",
     1009: "The server closed the connection: a message was too big.",
+    1012: "The server lost touch with the other servers for a moment; reconnecting to catch up.",
     4408: "The connection fell too far behind; reconnecting to catch up.",
     4429: "Too many open connections for you: close another tab of this chat.",
   };

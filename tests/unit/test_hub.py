@@ -164,3 +164,54 @@ async def test_reaping_removes_the_members_of_silent_processes_only():
     assert await database_sync_to_async(lambda: list(Worker.objects.values_list("id", flat=True)))() == [
         "alive"
     ]
+
+
+# --- the channel layer goes away and comes back ------------------------------------
+
+
+class AwayLayer:
+    """Stands in for a Redis-backed layer that is down until told otherwise."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.added: list[str] = []
+
+    async def group_add(self, group: str, channel: str) -> None:
+        if not self.up:
+            raise ConnectionError("Redis is away")
+        self.added.append(group)
+
+
+@dataclass(eq=False)  # hashed by identity, as the hub's sets need
+class Socket:
+    connection_id: str
+    closes: list[int] = field(default_factory=list)
+
+    async def close(self, code: int) -> None:
+        self.closes.append(code)
+
+
+async def test_once_the_layer_is_back_every_socket_is_closed_to_catch_up(monkeypatch):
+    """Events published while the layer was down reached nobody: 1012 makes clients catch up."""
+    monkeypatch.setattr(hub_module, "LAYER_RETRY_SECONDS", 0.01)
+    hub = hub_module.Hub()
+    hub.layer, hub.channel = AwayLayer(), "chat.worker.test"
+    hub._subscribed = {services.BROADCAST_GROUP}
+    sockets = [Socket("a"), Socket("b")]
+    for socket in sockets:
+        hub.attach(socket)
+    task = asyncio.create_task(hub._rejoin_layer_forever())
+    try:
+        hub._layer_failed()
+        await asyncio.sleep(0.1)
+        assert [socket.closes for socket in sockets] == [[], []]  # still down: nobody to send to
+        hub.layer.up = True
+        await asyncio.sleep(0.1)
+        assert [socket.closes for socket in sockets] == [[1012], [1012]]
+        assert hub.layer.added == [services.BROADCAST_GROUP]
+        hub._layer_lost.set()  # a rejoin with nothing missed (the hourly kind) closes nobody
+        await asyncio.sleep(0.05)
+        assert [socket.closes for socket in sockets] == [[1012], [1012]]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
