@@ -308,11 +308,13 @@ class Client:
         ref = next(self.refs)
         future = asyncio.get_running_loop().create_future()
         self.pending[ref] = future
-        await self.socket.send(json.dumps(command | {"ref": ref}))
         try:
+            await self.socket.send(json.dumps(command | {"ref": ref}))
             return await asyncio.wait_for(future, REPLY_TIMEOUT)
         except TimeoutError:
             raise Failure(f"client {self.number}: no reply to {command} in {REPLY_TIMEOUT:g} s") from None
+        except ConnectionClosed as closed:
+            raise Failure(f"client {self.number}: the server closed the socket ({closed})") from None
         finally:
             self.pending.pop(ref, None)
 
