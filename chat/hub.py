@@ -22,6 +22,7 @@ from django.conf import settings
 from . import services
 from .emitter import emit_server_events
 from .protocol import CloseCode
+from .runtime import collect_periodically
 from .wire import Outgoing
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Hub:
         self._tasks.append(asyncio.create_task(self._receive_forever(), name="chat-hub-receive"))
         self._tasks.append(asyncio.create_task(self._heartbeat_forever(), name="chat-hub-heartbeat"))
         self._tasks.append(asyncio.create_task(self._rejoin_layer_forever(), name="chat-hub-rejoin"))
+        self._tasks.append(asyncio.create_task(collect_periodically(), name="chat-full-collection"))
         interval = settings.CHAT_SERVER_EVENTS_INTERVAL
         # Another process cannot reach an in-memory layer, so the server emits itself.
         if interval > 0 and isinstance(self.layer, InMemoryChannelLayer):
