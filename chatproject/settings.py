@@ -138,6 +138,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # libpq's defaults wait for ever on a database that vanished without a reset (a
+    # partition, a dead host): give up on a connect after 5 s, find a silent connection
+    # with keepalives within about 25 s, and drop one whose writes go unacknowledged for
+    # 15 s. The request then answers `unavailable` instead of hanging. (A database that
+    # is frozen but whose host still acknowledges TCP is not caught: docs/reliability.md.)
+    for option, value in {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15_000,
+    }.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(option, value)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -157,3 +158,19 @@ def test_serve_workers_need_uvicorn(tmp_path):
         REDIS_URL="redis://127.0.0.1:9/0",
     )
     assert result.returncode != 0 and "--workers needs uvicorn" in result.stderr
+
+
+def test_postgresql_connections_give_up_on_a_vanished_database(tmp_path):
+    """libpq waits for ever by default; these turn a partition into an error within seconds."""
+    result = run_python(
+        "-c",
+        "import json, chatproject.settings as s; print(json.dumps(s.DATABASES['default']['OPTIONS']))",
+        tmp_path=tmp_path,
+        DEBUG="true",
+        DATABASE_URL="postgres://chat@127.0.0.1:5432/chat",
+    )
+    assert result.returncode == 0, result.stderr
+    options = json.loads(result.stdout)
+    assert options["connect_timeout"] == 5 and options["keepalives"] == 1
+    assert options["keepalives_idle"] + options["keepalives_interval"] * options["keepalives_count"] <= 30
+    assert options["tcp_user_timeout"] == 15_000
