@@ -39,6 +39,7 @@ from .servers import (
     receive,
     run_manage,
     server_env,
+    session_cookie,
     spawn,
     stop,
     wait_until_healthy,
@@ -280,6 +281,16 @@ async def test_broadcast_crosses_workers(pair):
         assert (other["kind"], other["id"], "ref" in other) == ("broadcast", own["id"], False)
         assert skipped == []
         await nothing(alice)
+
+
+async def test_guest_keeps_its_name_on_another_worker(pair):
+    """A session cookie from one worker's page names the same guest on the other worker."""
+    first, second = pair
+    _status, headers, body = first.get("/")
+    cookie = session_cookie(headers)
+    async with connect(second.ws_url, additional_headers={"Cookie": cookie}) as ws:
+        name = (await hello(ws))["user"]
+    assert f'<strong id="display-name">{name}</strong>' in body.decode()
 
 
 async def test_room_messages_presence_and_close_cross_workers(pair):
