@@ -51,9 +51,14 @@
   const requests = new Map(); // ref -> {type, room}: what each reply answers
   const pingsSent = new Map(); // ping id -> performance.now() when sent
   const rooms = new Set(); // the rooms to be in, kept across reconnects
-  // room -> newest message id shown: the `since` of a catch-up. Kept after leaving, so
-  // joining again shows as history only what this page has not shown yet.
-  const lastId = new Map();
+  // room -> ids of the messages shown, kept after leaving, so that joining again shows as
+  // history only what this page has not shown yet. Ids increase within a room, but with
+  // several server processes two messages can arrive in the other order (each process
+  // publishes its own after storing it): a late one is shown, never dropped, and a
+  // catch-up asks for history from SINCE_MARGIN messages back, so it finds late ones too.
+  const shownIds = new Map();
+  const SHOWN_KEEP = 1000; // ids remembered per room
+  const SINCE_MARGIN = 50; // how far back a catch-up looks, in messages shown
   const catchingUp = new Map(); // room -> messages held until its catch-up is complete
   const outbox = []; // what the person sent while the socket was down
 
@@ -167,10 +172,31 @@
         held.push({ message, label });
         return;
       }
-      if (message.id <= (lastId.get(room) || 0)) return;
-      lastId.set(room, message.id);
+      if (wasShown(room, message.id)) return;
+      markShown(room, message.id);
     }
     showMessage(message, label);
+  }
+
+  function wasShown(room, id) {
+    const ids = shownIds.get(room);
+    return ids !== undefined && ids.has(id);
+  }
+
+  function markShown(room, id) {
+    let ids = shownIds.get(room);
+    if (ids === undefined) shownIds.set(room, (ids = new Set()));
+    ids.add(id);
+    if (ids.size > 2 * SHOWN_KEEP) {
+      shownIds.set(room, new Set([...ids].sort((a, b) => a - b).slice(-SHOWN_KEEP)));
+    }
+  }
+
+  // The `since` of a catch-up: SINCE_MARGIN messages before the newest shown, so that a
+  // message that arrived late, or never, before the drop is fetched (and shown once).
+  function catchUpSince(room) {
+    const ids = [...(shownIds.get(room) || [])].sort((a, b) => a - b);
+    return ids.length > SINCE_MARGIN ? ids[ids.length - SINCE_MARGIN - 1] : 0;
   }
 
   function finishCatchUp(room) {
@@ -202,7 +228,7 @@
   function rejoin(room) {
     catchingUp.set(room, []);
     send({ type: "join", room });
-    send({ type: "history", room, since: lastId.get(room) || 0, limit: HISTORY_PAGE });
+    send({ type: "history", room, since: catchUpSince(room), limit: HISTORY_PAGE });
   }
 
   // --- receiving ----------------------------------------------------------------
@@ -224,7 +250,7 @@
         return;
       }
       // Joining again after leaving shows only what this page has not shown yet.
-      const unseen = history.filter((old) => old.id > (lastId.get(message.room) || 0));
+      const unseen = history.filter((old) => !wasShown(message.room, old.id));
       const intro = unseen.length ? `; ${unseen.length} earlier message${unseen.length > 1 ? "s" : ""}:` : ".";
       show("system", `Joined room ${message.room}${intro}`, { room: message.room });
       for (const old of unseen) deliver(old, "History");
@@ -255,7 +281,7 @@
     history(message, asked) {
       if (!asked || !catchingUp.has(message.room)) return;
       for (const old of message.messages) {
-        client.recovered++;
+        if (!wasShown(message.room, old.id)) client.recovered++;
         deliver(old, "Missed");
       }
       if (message.more && message.messages.length) {

@@ -311,6 +311,44 @@ def test_page_reconnects_after_a_restart_and_shows_what_it_missed(people, tmp_pa
         stop(server.process)
 
 
+def test_a_message_that_arrives_late_is_shown_once_not_dropped(people):
+    """With several server processes, two messages of a room can arrive out of id order
+    (each process publishes its own): the page shows the late one, and a repeat of either
+    nothing. The frames are slipped in between the real server and the page."""
+    alice = people(path="")
+    routes = []
+
+    def relay(ws) -> None:
+        ws.connect_to_server()  # everything else passes through untouched
+        routes.append(ws)
+
+    alice.page.route_web_socket(re.compile(r"/ws/chat/$"), relay)
+    alice.open()
+    room = unique("late")
+    alice.join(room)
+    [ws] = routes
+
+    def message(message_id: int, text: str) -> str:
+        return json.dumps(
+            {
+                "type": "message",
+                "kind": "room",
+                "id": message_id,
+                "room": room,
+                "sender": "guest-0ther5",
+                "data": text,
+                "count": 1,
+                "ts": "2026-11-25T10:00:00.000Z",
+            }
+        )
+
+    newer, older = 10**12 + 2, 10**12 + 1
+    ws.send(message(newer, "newer"))
+    ws.send(message(older, "older, arriving late"))
+    ws.send(message(newer, "newer"))  # the same message again: not shown twice
+    expect(alice.log("room", room)).to_have_text(["Received #1: newer", "Received #1: older, arriving late"])
+
+
 def test_screenshot_mid_conversation(people, tmp_path, migrated_database, screenshot_path):
     """The page as a person sees it after `make run` (server events every 10 s), saved as an image."""
     database = fresh_database(migrated_database, tmp_path)
