@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -31,6 +32,18 @@ def pytest_collection_modifyitems(config, items):
     """
     browser = [item for item in items if "/tests/browser/" in str(item.path)]
     items[:] = [item for item in items if item not in browser] + browser
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory) -> Path:
+    """An SQLite file with every migration applied, copied by each server a test starts."""
+    from tests.integration.servers import run_manage, server_env
+
+    database = tmp_path_factory.mktemp("template") / "db.sqlite3"
+    # --skip-checks: chat.E001 (no REDIS_URL with DEBUG off) is exactly this single-process setup.
+    result = run_manage("migrate", "--noinput", "--skip-checks", env=server_env(database))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return database
 
 
 @pytest.fixture(autouse=True)

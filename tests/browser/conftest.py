@@ -19,7 +19,6 @@ from tests.integration.servers import (
     daphne_command,
     free_port,
     fresh_database,
-    run_manage,
     server_env,
     spawn,
     stop,
@@ -75,15 +74,6 @@ def browser() -> Iterator[Browser]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-@pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory) -> Path:
-    """An SQLite file with every migration applied, copied by each server."""
-    database = tmp_path_factory.mktemp("browser-template") / "db.sqlite3"
-    result = run_manage("migrate", "--noinput", "--skip-checks", env=server_env(database))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return database
 
 
 def start_server(

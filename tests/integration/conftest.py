@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from .servers import Server, daphne_server, fresh_database, run_manage, server_env
-
-
-@pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory) -> Path:
-    """An SQLite file with every migration applied, to be copied by each server."""
-    database = tmp_path_factory.mktemp("template") / "db.sqlite3"
-    # --skip-checks: chat.E001 (no REDIS_URL with DEBUG off) is exactly this single-process setup.
-    result = run_manage("migrate", "--noinput", "--skip-checks", env=server_env(database))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return database
+from .servers import Server, daphne_server, fresh_database
 
 
 @pytest.fixture(scope="session")
