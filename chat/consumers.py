@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 # errors: it is closed with 1008, so that the errors it ignores stop costing the server.
 FLOOD_CLOSE_SECONDS = 5
 FLOOD_CLOSE_MIN = 20
-# A connection's frames are handled one at a time, so those a client sends while one of
-# its requests waits on the server (a locked or slow database) queue up and then arrive
-# at the limiter all at once: a client that kept to the rate would be refused, then closed
-# as a flood. A wait longer than this many seconds (the burst absorbs shorter ones) lets
-# through as many extra frames as the rate allows for the time waited, within as long again.
-WAIT_CREDIT_MIN_SECONDS = 1.0
-
 # A socket that goes while the database is down cannot record that it left its rooms;
 # its process lives on, so no reaper would ever remove those memberships (ghost members,
 # and no `presence` leave for the others). The cleanup is retried until the database
@@ -102,8 +95,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         rate = settings.CHAT_RATE_LIMIT
         self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
         self.refused_in_a_row = 0
-        self.wait_credit = 0.0  # frames allowed beyond the bucket: they queued while a request waited
-        self.wait_credit_until = 0.0
         self.flood_threshold = max(int(FLOOD_CLOSE_SECONDS * rate), FLOOD_CLOSE_MIN)
         self.session_group: str | None = None
         self.counted = False  # whether open_connections counts this socket
@@ -146,7 +137,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return  # refused at connect; the close is on its way
         command: p.Command | None = None
         try:
-            if not self.limiter.allow() and not self.spend_wait_credit():
+            if not self.limiter.allow():
                 self.refused_in_a_row += 1
                 if self.refused_in_a_row > self.flood_threshold:
                     if self.refused_in_a_row == self.flood_threshold + 1:
@@ -165,7 +156,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             try:
                 await getattr(self, self.handlers[type(command)])(command)
             finally:
-                self.credit_wait(time.monotonic() - started)
+                self.limiter.excuse(time.monotonic() - started)  # frames queued meanwhile are no flood
         except p.ProtocolError as error:
             if command is not None:
                 # Raised by a handler or a service, which never see the request's ref.
@@ -330,23 +321,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.history_floor.pop(group, None)
 
     # --- abuse limits and logout (docs/protocol.md, "Limits") -------------------
-
-    def credit_wait(self, waited: float) -> None:
-        """A request waited on the server: the frames sent meanwhile are not a flood."""
-        rate = settings.CHAT_RATE_LIMIT
-        if rate <= 0 or waited <= WAIT_CREDIT_MIN_SECONDS:
-            return
-        now = time.monotonic()
-        if now >= self.wait_credit_until:
-            self.wait_credit = 0.0
-        self.wait_credit += waited * rate
-        self.wait_credit_until = now + waited
-
-    def spend_wait_credit(self) -> bool:
-        if self.wait_credit >= 1 and time.monotonic() < self.wait_credit_until:
-            self.wait_credit -= 1
-            return True
-        return False
 
     async def open_within_limits(self) -> bool:
         """Count this socket against its user's or session's limit; close it if over."""

@@ -13,10 +13,22 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 
-class TokenBucket:
-    """Allows `rate` events a second on average and bursts of `burst`; rate 0 allows everything."""
+# A connection's frames are handled one at a time, so those a client sends while one of
+# its requests waits on the server (a locked or slow database) queue up and then arrive
+# at the limiter all at once: a client that kept to the rate would be refused, then closed
+# as a flood. A wait longer than this many seconds (the burst absorbs shorter ones) lets
+# through as many extra frames as the rate allows for the time waited, within as long again.
+EXCUSED_WAIT_SECONDS = 1.0
 
-    __slots__ = ("burst", "clock", "rate", "tokens", "updated")
+
+class TokenBucket:
+    """Allows `rate` events a second on average and bursts of `burst`; rate 0 allows everything.
+
+    `excuse(waited)` lets through, on top, the events that queued while the server kept
+    the client waiting.
+    """
+
+    __slots__ = ("burst", "clock", "credit", "credit_until", "rate", "tokens", "updated")
 
     def __init__(self, rate: float, burst: float, clock=time.monotonic) -> None:
         self.rate = rate
@@ -24,6 +36,8 @@ class TokenBucket:
         self.tokens = burst
         self.clock = clock
         self.updated = clock()
+        self.credit = 0.0  # events allowed beyond the bucket, until credit_until
+        self.credit_until = 0.0
 
     def allow(self) -> bool:
         if self.rate <= 0:
@@ -34,7 +48,20 @@ class TokenBucket:
         if self.tokens >= 1:
             self.tokens -= 1
             return True
+        if self.credit >= 1 and now < self.credit_until:
+            self.credit -= 1
+            return True
         return False
+
+    def excuse(self, waited: float) -> None:
+        """The server kept the client waiting `waited` seconds: what it sent meanwhile is no flood."""
+        if self.rate <= 0 or waited <= EXCUSED_WAIT_SECONDS:
+            return
+        now = self.clock()
+        if now >= self.credit_until:
+            self.credit = 0.0
+        self.credit += waited * self.rate
+        self.credit_until = now + waited
 
 
 class ConnectionCounter:

@@ -102,3 +102,22 @@ def test_the_real_clock_is_the_default():
     """Without a clock the bucket uses the monotonic clock and starts full."""
     bucket = TokenBucket(rate=1, burst=3)
     assert allowed(bucket, 4) == 3
+
+
+def test_a_wait_on_the_server_lets_the_frames_queued_meanwhile_through(clock):
+    """3 s of waiting at 10/s: the 30 frames sent meanwhile pass, for 3 s, and no more."""
+    bucket = TokenBucket(rate=10, burst=20, clock=clock)
+    assert allowed(bucket, 20) == 20
+    bucket.excuse(3.0)
+    assert allowed(bucket, 40) == 30
+    clock.advance(3.0)
+    bucket.excuse(0.5)  # a short wait is what the burst is for: no credit
+    assert allowed(bucket, 40) == 20  # refilled up to the burst, nothing beyond
+
+
+def test_an_excuse_expires(clock):
+    bucket = TokenBucket(rate=10, burst=20, clock=clock)
+    assert allowed(bucket, 20) == 20
+    bucket.excuse(2.0)
+    clock.advance(2.0)
+    assert allowed(bucket, 60) == 20  # the refill only; the credit's time is over
