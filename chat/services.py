@@ -75,9 +75,9 @@ def coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             and not last["closes"]
             and not event["closes"]
         ):
-            last["frames"] = [*last["frames"], *event["frames"]]
+            last["frames"].extend(event["frames"])
         else:
-            joined.append({**event})
+            joined.append({**event, "frames": list(event["frames"])})  # the caller's events stay as they were
     return joined
 
 
@@ -207,28 +207,26 @@ def _closed_rooms(posts: list[_Post]) -> set[int]:
 def _store_posts(posts: list[_Post]) -> Outcome:
     """Store the posts that can be: each gets a Posted, or the ProtocolError that refused it."""
     closed = _closed_rooms(posts)
-    accepted = [post for post in posts if post.room is None or post.room.pk not in closed]
+    refused = [post.room is not None and post.room.pk in closed for post in posts]
+    accepted = [post for post, was_refused in zip(posts, refused, strict=True) if not was_refused]
+    rows = [
+        (post.room.pk if post.room is not None else None, post.actor.name, post.actor.user_id, post.body)
+        for post in accepted
+    ]
     now = timezone.now()
-    ids = _insert_messages(
-        [
-            (post.room.pk if post.room is not None else None, post.actor.name, post.actor.user_id, post.body)
-            for post in accepted
-        ],
-        created=now,
-    )
-    stored = dict(zip(map(id, accepted), ids, strict=True))
+    ids = iter(_insert_messages(rows, created=now))
     ts = selectors.timestamp(now)
     outcome = Outcome([], [])
-    for post in posts:
+    for post, was_refused in zip(posts, refused, strict=True):
         room = post.room
-        message_id = stored.get(id(post))
-        if message_id is None:
+        if was_refused:
             outcome.value.append(
                 ProtocolError(
                     ErrorCode.NOT_IN_ROOM, f"Room {room.name!r} was closed; join it again to reopen it."
                 )
             )
             continue
+        message_id = next(ids)
         event = selectors.message_event(
             message_id=message_id,
             sender=post.actor.name,
@@ -236,7 +234,8 @@ def _store_posts(posts: list[_Post]) -> Outcome:
             body=post.body,
             room_name=room.name if room is not None else None,
         )
-        text = encode(event | {"count": post.count})
+        event["count"] = post.count
+        text = encode(event)
         group = room.group_name if room is not None else BROADCAST_GROUP
         outcome.value.append(Posted(message_id, text))
         outcome.events.append(
