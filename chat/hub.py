@@ -253,7 +253,7 @@ class Hub:
                 healthy_since = now
             try:
                 if now - healthy_since >= timeout:
-                    await reap_silent_workers(silent_for=timeout)
+                    await services.workers_reap(silent_for=timeout)
                 if now >= next_renewal:
                     next_renewal = now + GROUP_RENEW_SECONDS
                     for group in list(self._subscribed):
@@ -286,11 +286,6 @@ class Hub:
                 except Exception:
                     log.exception("could not restore %s in %s", connection.connection_id, group)
         log.warning("heartbeats were missing for a whole timeout; %d membership(s) checked", restored)
-
-
-async def reap_silent_workers(*, silent_for: float) -> int:
-    """Remove the members of processes silent for `silent_for` seconds, announcing each departure."""
-    return await services.workers_reap(silent_for=silent_for)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Hub]] = weakref.WeakKeyDictionary()

@@ -53,7 +53,7 @@ async def beating(settings, monkeypatch):
     settings.CHAT_WORKER_TIMEOUT = TIMEOUT
     database = FlakyDatabase()
     monkeypatch.setattr(services, "worker_heartbeat", database.heartbeat)
-    monkeypatch.setattr(hub_module, "reap_silent_workers", database.reap)
+    monkeypatch.setattr(services, "workers_reap", database.reap)
     hub = hub_module.Hub()
     monkeypatch.setattr(hub, "_restore_memberships", database.restore)
     monkeypatch.setattr(hub, "_probe_layer", _nothing)
@@ -155,7 +155,7 @@ async def test_reaping_removes_the_members_of_silent_processes_only():
     await asyncio.sleep(0.3)
     await services.worker_heartbeat(worker="alive")
 
-    assert await hub_module.reap_silent_workers(silent_for=0.2) == 1
+    assert await services.workers_reap(silent_for=0.2) == 1
 
     left = await database_sync_to_async(
         lambda: list(Membership.objects.values_list("connection", flat=True))
