@@ -116,8 +116,9 @@ def close_sockets_on_logout(sender: Any, request: Any, user: Any, **kwargs: Any)
     if not session_key:
         return
     from . import services  # services imports the models; this module must not at import
+    from .protocol import CloseCode
 
-    event = services.fanout_event(group=session_group(session_key), text="{}")
+    event = services.close_sockets_event(group=session_group(session_key), code=CloseCode.LOGIN_REQUIRED)
     try:
         async_to_sync(services.publish)(event)
     except Exception:  # logging out must work even when the channel layer does not

@@ -96,7 +96,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.limiter = TokenBucket(rate=rate, burst=2 * rate)  # the protocol allows bursts of 2x
         self.refused_in_a_row = 0
         self.flood_threshold = max(int(FLOOD_CLOSE_SECONDS * rate), FLOOD_CLOSE_MIN)
-        self.session_group: str | None = None
         self.counted = False  # whether open_connections counts this socket
         self.actor = await actor_for_scope(self.scope, self.connection_id)
         await self.accept()
@@ -299,8 +298,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         Synchronous on the server's fast path (no coroutine per recipient); otherwise
         returns the ASGI send for the hub to await.
         """
-        if group == self.session_group:
-            return self.close(code=p.CloseCode.LOGIN_REQUIRED)  # the session logged out
         if self.joining:
             held = self.joining.get(group)
             if held is not None:
@@ -340,8 +337,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         session = self.scope.get("session")
         if self.actor.user_id is None or session is None or not session.session_key:
             return
-        self.session_group = session_group(session.session_key)
-        await self.hub.subscribe(self, self.session_group)
+        await self.hub.subscribe(self, session_group(session.session_key))
 
     async def send_event(self, event: dict[str, Any]) -> None:
         await self.send_text(p.encode(event))

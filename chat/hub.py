@@ -132,6 +132,9 @@ class Hub:
         members = self.groups.get(group)
         if not members:
             return
+        if event.get("close_code") is not None:
+            await self._close(list(members), event["close_code"])
+            return
         frames = [(Outgoing(text), exclude, message_id) for text, exclude, message_id in event["frames"]]
         closes = event.get("closes") is not None
         for connection in list(members):
@@ -206,6 +209,9 @@ class Hub:
         log.warning(
             "closing %d socket(s) with %s so their clients catch up after the outage", len(connections), code
         )
+        await self._close(connections, code)
+
+    async def _close(self, connections: list[Connection], code: int) -> None:
         for connection in connections:
             try:
                 await connection.close(code=code)

@@ -59,6 +59,15 @@ def fanout_event(
     }
 
 
+def close_sockets_event(*, group: str, code: int) -> dict[str, Any]:
+    """The channel-layer event that closes every socket in a group, on every process, with `code`."""
+    return {"type": DELIVER_EVENT, "group": group, "frames": [], "closes": None, "close_code": code}
+
+
+def _joinable(event: dict[str, Any]) -> bool:
+    return not event["closes"] and event.get("close_code") is None
+
+
 def coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Join runs of events to the same group into one event, keeping every frame's order.
 
@@ -69,12 +78,7 @@ def coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     joined: list[dict[str, Any]] = []
     for event in events:
         last = joined[-1] if joined else None
-        if (
-            last is not None
-            and last["group"] == event["group"]
-            and not last["closes"]
-            and not event["closes"]
-        ):
+        if last is not None and last["group"] == event["group"] and _joinable(last) and _joinable(event):
             last["frames"].extend(event["frames"])
         else:
             joined.append({**event, "frames": list(event["frames"])})  # the caller's events stay as they were

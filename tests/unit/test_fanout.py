@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat.services import coalesce, fanout_event
+from chat.services import close_sockets_event, coalesce, fanout_event
 
 
 def frames_by_group(events):
@@ -49,3 +49,14 @@ def test_coalescing_leaves_the_events_it_was_given_alone():
 
 def test_nothing_to_coalesce():
     assert coalesce([]) == []
+
+
+def test_an_event_that_closes_sockets_joins_nothing():
+    events = [
+        fanout_event(group="chat.session.x", text="a"),
+        close_sockets_event(group="chat.session.x", code=4401),
+        close_sockets_event(group="chat.session.x", code=4401),
+    ]
+    joined = coalesce(events)
+    assert [event.get("close_code") for event in joined] == [None, 4401, 4401]
+    assert [event["frames"] for event in joined] == [[["a", None, None]], [], []]
